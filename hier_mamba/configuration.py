@@ -1,0 +1,183 @@
+"""HierMambaConfig: every hyperparameter of the hierarchical Mamba model, typed and validated.
+
+Glossary (code name -> HRM / Mamba paper symbol):
+    H_cycles, L_cycles   N and T of HRM: N high-level updates, each after T low-level updates.
+    invocation           one call of the H or the L stack: a full scan over the sequence.
+    bptt_steps           how many trailing invocations carry gradient (HRM's one-step gradient = 2).
+    state_size           N of Mamba (d_state): size of the SSM state per channel / head.
+    expand               E of Mamba: d_inner = expand * hidden_size.
+    conv_kernel          width of the causal depthwise convolution (d_conv).
+    head_dim             P of Mamba2: channels per SSM head; n_heads = d_inner / head_dim.
+    n_groups             G of Mamba2: B and C are shared by n_heads / n_groups heads.
+    chunk_size           Q of Mamba2's SSD: block length of the chunked scan.
+"""
+
+from __future__ import annotations
+
+import math
+
+from transformers import PreTrainedConfig
+
+MIXERS = ("mamba2", "mamba1")
+SSM_BACKENDS = ("auto", "torch", "cuda")
+ACT_EVAL_MODES = ("max_steps", "q_halt")
+LOSS_TYPES = ("softmax", "stablemax")
+
+
+class HierMambaConfig(PreTrainedConfig):
+    """Configuration of :class:`HierMambaModel` and its heads.
+
+    Every invalid value raises ``ValueError`` naming the field. See the module docstring for the
+    glossary; the defaults build a ~1M-parameter byte-level model.
+    """
+
+    model_type = "hier_mamba"
+
+    def __init__(
+        self,
+        vocab_size: int = 256,
+        hidden_size: int = 128,
+        H_layers: int = 2,
+        L_layers: int = 2,
+        H_cycles: int = 2,
+        L_cycles: int = 2,
+        mixer: str = "mamba2",
+        state_size: int = 64,
+        expand: int = 2,
+        conv_kernel: int = 4,
+        head_dim: int = 32,
+        n_groups: int = 1,
+        chunk_size: int = 64,  # 64 beat 256 for the torch SSD on CPU (DESIGN.md)
+        time_step_rank: int | str = "auto",  # mamba1 only: ceil(hidden_size / 16)
+        time_step_min: float = 0.001,
+        time_step_max: float = 0.1,
+        time_step_floor: float = 1e-4,
+        time_step_limit: tuple[float, float] = (0.0, float("inf")),
+        use_conv_bias: bool = True,
+        use_bias: bool = False,
+        rms_norm_eps: float = 1e-5,
+        initializer_range: float = 0.02,
+        rescale_prenorm_residual: bool = True,
+        tie_word_embeddings: bool = True,
+        use_cache: bool = True,
+        bidirectional: bool = False,
+        bptt_steps: int | None = 2,
+        checkpoint_cycles: bool = False,
+        ssm_backend: str = "auto",
+        # reasoning head (HierMambaForTokenClassification): ACT and deep supervision
+        halt_max_steps: int = 8,
+        halt_exploration_prob: float = 0.1,
+        act_eval_mode: str = "max_steps",
+        loss_type: str = "softmax",
+        pad_token_id: int | None = 0,
+        bos_token_id: int | None = None,
+        eos_token_id: int | None = None,
+        **kwargs,
+    ):
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.H_layers = H_layers
+        self.L_layers = L_layers
+        self.H_cycles = H_cycles
+        self.L_cycles = L_cycles
+        self.mixer = mixer
+        self.state_size = state_size
+        self.expand = expand
+        self.conv_kernel = conv_kernel
+        self.head_dim = head_dim
+        self.n_groups = n_groups
+        self.chunk_size = chunk_size
+        self.time_step_rank = math.ceil(hidden_size / 16) if time_step_rank == "auto" else time_step_rank
+        self.time_step_min = time_step_min
+        self.time_step_max = time_step_max
+        self.time_step_floor = time_step_floor
+        self.time_step_limit = tuple(time_step_limit)
+        self.use_conv_bias = use_conv_bias
+        self.use_bias = use_bias
+        self.rms_norm_eps = rms_norm_eps
+        self.initializer_range = initializer_range
+        self.rescale_prenorm_residual = rescale_prenorm_residual
+        self.use_cache = use_cache
+        self.bidirectional = bidirectional
+        self.bptt_steps = bptt_steps
+        self.checkpoint_cycles = checkpoint_cycles
+        self.ssm_backend = ssm_backend
+        self.halt_max_steps = halt_max_steps
+        self.halt_exploration_prob = halt_exploration_prob
+        self.act_eval_mode = act_eval_mode
+        self.loss_type = loss_type
+        super().__init__(
+            pad_token_id=pad_token_id,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            tie_word_embeddings=tie_word_embeddings,
+            **kwargs,
+        )
+        self.validate_fields()
+
+    # derived sizes ---------------------------------------------------------------------------
+    @property
+    def intermediate_size(self) -> int:
+        """d_inner = expand * hidden_size."""
+        return self.expand * self.hidden_size
+
+    @property
+    def num_heads(self) -> int:
+        """Mamba2 heads: d_inner / head_dim."""
+        return self.intermediate_size // self.head_dim
+
+    @property
+    def num_invocations(self) -> int:
+        """Stack calls per forward: each H cycle runs L_cycles L calls and one H call."""
+        return self.H_cycles * (self.L_cycles + 1)
+
+    # validation ------------------------------------------------------------------------------
+    def validate_fields(self) -> None:
+        """Raise ``ValueError`` naming the first invalid field."""
+        for name in ("vocab_size", "hidden_size", "H_layers", "L_layers", "H_cycles", "L_cycles",
+                     "state_size", "expand", "head_dim", "n_groups", "chunk_size", "time_step_rank",
+                     "halt_max_steps"):
+            _check_positive_int(name, getattr(self, name))
+        _check_choice("mixer", self.mixer, MIXERS)
+        _check_choice("ssm_backend", self.ssm_backend, SSM_BACKENDS)
+        _check_choice("act_eval_mode", self.act_eval_mode, ACT_EVAL_MODES)
+        _check_choice("loss_type", self.loss_type, LOSS_TYPES)
+        if not isinstance(self.conv_kernel, int) or not 2 <= self.conv_kernel <= 4:
+            raise ValueError(f"conv_kernel must be an int in [2, 4] (the causal-conv1d kernel limit), got {self.conv_kernel!r}")
+        if self.mixer == "mamba2":
+            if self.intermediate_size % self.head_dim:
+                raise ValueError(f"head_dim={self.head_dim} must divide expand*hidden_size={self.intermediate_size}")
+            if self.num_heads % self.n_groups:
+                raise ValueError(f"n_groups={self.n_groups} must divide num_heads={self.num_heads}")
+        if self.bptt_steps is not None and (not isinstance(self.bptt_steps, int) or isinstance(self.bptt_steps, bool)
+                                            or self.bptt_steps < 1):
+            raise ValueError(f"bptt_steps must be None (full BPTT) or an int >= 1, got {self.bptt_steps!r}")
+        for name in ("bidirectional", "checkpoint_cycles", "use_cache", "use_conv_bias", "use_bias",
+                     "rescale_prenorm_residual"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if not 0 < self.time_step_min <= self.time_step_max:
+            raise ValueError(f"time_step_min={self.time_step_min} and time_step_max={self.time_step_max} "
+                             "must satisfy 0 < time_step_min <= time_step_max")
+        if not self.time_step_floor > 0:
+            raise ValueError(f"time_step_floor must be > 0, got {self.time_step_floor!r}")
+        if len(self.time_step_limit) != 2 or not 0 <= self.time_step_limit[0] < self.time_step_limit[1]:
+            raise ValueError(f"time_step_limit must be (low, high) with 0 <= low < high, got {self.time_step_limit!r}")
+        if not self.rms_norm_eps > 0:
+            raise ValueError(f"rms_norm_eps must be > 0, got {self.rms_norm_eps!r}")
+        if not 0.0 <= self.halt_exploration_prob <= 1.0:
+            raise ValueError(f"halt_exploration_prob must be in [0, 1], got {self.halt_exploration_prob!r}")
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            value = getattr(self, name, None)
+            if value is not None and not 0 <= value < self.vocab_size:
+                raise ValueError(f"{name}={value} is outside the vocabulary [0, {self.vocab_size})")
+
+
+def _check_positive_int(name: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _check_choice(name: str, value, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
