@@ -1,0 +1,163 @@
+"""Mamba2's state-space duality (SSD) in PyTorch: chunked scan, step, and a sequential reference.
+
+Glossary (mamba_ssm's ``mamba_chunk_scan_combined`` layout; paper symbols in brackets):
+    x      (b, l, h, p)   input X, h heads of p = head_dim channels
+    dt     (b, l, h)      step size Delta (before ``dt_bias`` and softplus)
+    A      (h,)           scalar A per head (negative; ``-exp(A_log)``)
+    B, C   (b, l, g, n)   input-dependent B, C; head i uses group i // (h / g)
+    D      (h,)           skip connection
+    state  (b, h, p, n)   H_t
+
+Recurrence per head: H_t = exp(Delta_t A) H_{t-1} + Delta_t x_t B_t^T;  y_t = H_t C_t + D x_t.
+
+The chunked form splits the sequence into blocks of Q = chunk_size: inside a block the output is a
+masked (Q, Q) "attention" C B^T weighted by the decays; across blocks only the (h, p, n) states
+are carried. Cost O(l Q) instead of O(l^2), and everything is batched matmuls (no time loop).
+Heads are kept as (g, r) = (group, head within group) so B and C are never copied per head.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def ssd_chunked(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    chunk_size: int,
+    D: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = True,
+    dt_limit: tuple[float, float] = (0.0, float("inf")),
+    initial_state: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chunked SSD scan over a sequence, computed in fp32.
+
+    Args: see the module glossary; ``initial_state`` (b, h, p, n) or None (zeros).
+    Returns:
+        y: (b, l, h, p) in x's dtype, and the final state (b, h, p, n) in fp32.
+    """
+    batch, length, heads, head_dim = x.shape
+    groups, state_size = B.shape[2], B.shape[3]
+    rep = heads // groups
+    Q = chunk_size
+    pad = (Q - length % Q) % Q
+    chunks = (length + pad) // Q
+
+    # 1. Discretize, pad to whole chunks, split heads into (group, head-in-group).
+    dt = discretize_dt(dt, dt_bias, dt_softplus, dt_limit)  # (b, l, h)
+    x_dt = F.pad(x.float() * dt.unsqueeze(-1), (0, 0, 0, 0, 0, pad))  # (b, l', h, p)
+    x_dt = x_dt.view(batch, chunks, Q, groups, rep, head_dim)  # (b, c, q, g, r, p)
+    dA = F.pad(dt * A.float(), (0, 0, 0, pad)).view(batch, chunks, Q, groups, rep)  # (b, c, q, g, r)
+    B = F.pad(B.float(), (0, 0, 0, 0, 0, pad)).view(batch, chunks, Q, groups, state_size)  # (b, c, q, g, n)
+    C = F.pad(C.float(), (0, 0, 0, 0, 0, pad)).view(batch, chunks, Q, groups, state_size)  # (b, c, q, g, n)
+    dA_cum = torch.cumsum(dA, dim=2)  # (b, c, q, g, r): log-decay from the chunk start
+
+    # 2. Intra-chunk (diagonal blocks): y_q = sum_{s<=q} C_q.B_s exp(cum_q - cum_s) x_s dt_s.
+    decay = _segment_decay(dA_cum)  # (b, c, g, r, q, s)
+    scores = torch.einsum("bcqgn,bcsgn->bcgqs", C, B).unsqueeze(3) * decay  # (b, c, g, r, q, s)
+    y = torch.einsum("bcgrqs,bcsgrp->bcqgrp", scores, x_dt)  # (b, c, q, g, r, p)
+
+    # 3. Each chunk's own end state, from its inputs alone.
+    to_end = torch.exp(dA_cum[:, :, -1:] - dA_cum)  # (b, c, q, g, r)
+    chunk_states = torch.einsum("bcsgn,bcsgrp->bcgrpn", B, x_dt * to_end.unsqueeze(-1))  # (b, c, g, r, p, n)
+
+    # 4. Inter-chunk recurrence: the state entering each chunk, and the final state.
+    if initial_state is None:
+        initial_state = x_dt.new_zeros(batch, heads, head_dim, state_size)
+    start = initial_state.float().view(batch, groups, rep, head_dim, state_size)
+    chunk_decay = torch.exp(dA_cum[:, :, -1])[..., None, None]  # (b, c, g, r, 1, 1)
+    entering = []
+    for decay_c, state_c in zip(chunk_decay.unbind(1), chunk_states.unbind(1)):  # unbind: O(c) backward
+        entering.append(start)
+        start = start * decay_c + state_c
+    entering = torch.stack(entering, dim=1)  # (b, c, g, r, p, n)
+
+    # 5. Off-diagonal blocks: the entering state read out by C with the decay since the chunk start.
+    y_off = torch.einsum("bcqgn,bcgrpn->bcqgrp", C, entering) * torch.exp(dA_cum).unsqueeze(-1)
+    y = (y + y_off).reshape(batch, chunks * Q, heads, head_dim)[:, :length]  # (b, l, h, p)
+
+    # 6. Skip connection.
+    if D is not None:
+        y = y + x.float() * _per_head(D)
+    return y.to(x.dtype), start.reshape(batch, heads, head_dim, state_size)
+
+
+def ssd_state_update(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = True,
+    dt_limit: tuple[float, float] = (0.0, float("inf")),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token of the SSD recurrence.
+
+    Args:
+        state: (b, h, p, n). x: (b, h, p). dt: (b, h). A, D, dt_bias: (h,). B, C: (b, g, n).
+    Returns:
+        y: (b, h, p) in x's dtype, and the new state (b, h, p, n) in fp32. The input state is not modified.
+    """
+    heads = x.shape[1]
+    rep = heads // B.shape[1]
+    dt = discretize_dt(dt, dt_bias, dt_softplus, dt_limit)  # (b, h)
+    B_h = B.float().repeat_interleave(rep, dim=1)  # (b, h, n): head i reads group i // rep
+    C_h = C.float().repeat_interleave(rep, dim=1)  # (b, h, n)
+    decay = torch.exp(dt * A.float())[:, :, None, None]  # (b, h, 1, 1)
+    new_state = decay * state.float() + (dt[:, :, None] * x.float()).unsqueeze(-1) * B_h.unsqueeze(2)
+    y = torch.einsum("bhpn,bhn->bhp", new_state, C_h)
+    if D is not None:
+        y = y + x.float() * _per_head(D)
+    return y.to(x.dtype), new_state
+
+
+def ssd_sequential(
+    x, dt, A, B, C, D=None, dt_bias=None, dt_softplus=True, dt_limit=(0.0, float("inf")), initial_state=None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-by-token reference of :func:`ssd_chunked` built from :func:`ssd_state_update`.
+
+    Slow; for tests only. Same arguments (no chunk_size) and returns.
+    """
+    batch, length, heads, head_dim = x.shape
+    state = (initial_state.float() if initial_state is not None
+             else x.new_zeros(batch, heads, head_dim, B.shape[-1]).float())
+    outputs = []
+    for t in range(length):
+        y_t, state = ssd_state_update(state, x[:, t], dt[:, t], A, B[:, t], C[:, t], D, dt_bias, dt_softplus, dt_limit)
+        outputs.append(y_t)
+    return torch.stack(outputs, dim=1), state
+
+
+def discretize_dt(dt, dt_bias, softplus: bool, limit: tuple[float, float]) -> torch.Tensor:
+    """Delta = clamp(softplus(dt + dt_bias), *limit) in fp32. dt: (..., h); dt_bias: (h,)."""
+    dt = dt.float()
+    if dt_bias is not None:
+        dt = dt + dt_bias.float()
+    if softplus:
+        dt = F.softplus(dt)
+    if limit != (0.0, float("inf")):
+        dt = dt.clamp(min=limit[0], max=limit[1])
+    return dt
+
+
+def _segment_decay(dA_cum: torch.Tensor) -> torch.Tensor:
+    """exp(cum_q - cum_s) for s <= q, else 0. dA_cum: (b, c, q, g, r) -> (b, c, g, r, q, s)."""
+    cum = dA_cum.permute(0, 1, 3, 4, 2)  # (b, c, g, r, q)
+    diff = cum.unsqueeze(-1) - cum.unsqueeze(-2)  # (b, c, g, r, q, s)
+    Q = cum.shape[-1]
+    causal = torch.ones(Q, Q, dtype=torch.bool, device=cum.device).tril()
+    return torch.exp(diff.masked_fill(~causal, float("-inf")))
+
+
+def _per_head(D: torch.Tensor) -> torch.Tensor:
+    """D (h,) or (h, p) broadcast against (..., h, p)."""
+    D = D.float()
+    return D[:, None] if D.dim() == 1 else D
