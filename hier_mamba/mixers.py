@@ -1,0 +1,172 @@
+"""Mamba1 (S6) and Mamba2 (SSD) mixers: sequence forward and single-token step, explicit state in/out.
+
+Parameter names and shapes are those of transformers' ``MambaMixer`` / ``Mamba2Mixer`` (and so
+mamba_ssm's ``Mamba`` / ``Mamba2``), so weights copy across and those classes serve as oracles.
+
+State of one mixer (:class:`MixerState`): ``conv`` (b, conv_channels, conv_kernel - 1), the last
+inputs of the causal conv; ``ssm`` (b, d_inner, n) for Mamba1, (b, heads, head_dim, n) for Mamba2,
+always fp32. Neither depends on the sequence length.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from .configuration import HierMambaConfig
+from .norms import RMSNorm
+from .ops import get_ops
+
+
+class MixerState(NamedTuple):
+    """Recurrent state of one mixer: conv (b, channels, w - 1) and ssm (fp32, see module docstring)."""
+
+    conv: torch.Tensor
+    ssm: torch.Tensor
+
+
+def mask_padding(x: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Zero padded positions. x: (b, l, c); attention_mask: (b, l) of 0/1, or None."""
+    if attention_mask is None:
+        return x
+    return x * attention_mask[:, :, None].to(x.dtype)
+
+
+def inverse_softplus_dt(size: int, config: HierMambaConfig) -> torch.Tensor:
+    """dt bias such that softplus(bias) is log-uniform in [time_step_min, time_step_max]."""
+    log_min, log_max = math.log(config.time_step_min), math.log(config.time_step_max)
+    dt = torch.exp(torch.rand(size) * (log_max - log_min) + log_min).clamp(min=config.time_step_floor)
+    return dt + torch.log(-torch.expm1(-dt))
+
+
+class Mamba2Mixer(nn.Module):
+    """Mamba2 mixer: in_proj -> causal conv over (x, B, C) -> SSD -> gated RMSNorm -> out_proj.
+
+    forward: hidden_states (b, l, d) -> (b, l, d); step: (b, d) -> (b, d).
+    """
+
+    def __init__(self, config: HierMambaConfig):
+        super().__init__()
+        self.config = config
+        self.d_inner = config.intermediate_size
+        self.heads, self.head_dim = config.num_heads, config.head_dim
+        self.n_groups, self.state_size = config.n_groups, config.state_size
+        self.conv_dim = self.d_inner + 2 * self.n_groups * self.state_size  # conv over (x, B, C)
+        self.in_proj = nn.Linear(config.hidden_size, self.d_inner + self.conv_dim + self.heads, bias=config.use_bias)
+        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, config.conv_kernel, groups=self.conv_dim,
+                                padding=config.conv_kernel - 1, bias=config.use_conv_bias)
+        self.dt_bias = nn.Parameter(inverse_softplus_dt(self.heads, config))
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, self.heads + 1, dtype=torch.float32)))
+        self.D = nn.Parameter(torch.ones(self.heads))
+        self.norm = RMSNorm(self.d_inner, eps=config.rms_norm_eps, group_size=self.d_inner // self.n_groups)
+        self.out_proj = nn.Linear(self.d_inner, config.hidden_size, bias=config.use_bias)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        state: MixerState | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, MixerState]:
+        """hidden_states: (b, l, d); state: initial state or None (zeros). Returns (b, l, d) and the final state."""
+        batch, length, _ = hidden_states.shape
+        ops = get_ops(self.config.ssm_backend, hidden_states.device)
+        # 1. Input projection to the gate z, the conv input (x, B, C) and dt.
+        projected = self.in_proj(mask_padding(hidden_states, attention_mask))
+        z, xBC, dt = projected.split([self.d_inner, self.conv_dim, self.heads], dim=-1)
+        # 2. Causal depthwise conv over time, padded positions zeroed again.
+        xBC, conv_state = ops.conv(xBC.transpose(1, 2), self.conv1d.weight.squeeze(1), self.conv1d.bias,
+                                   None if state is None else state.conv)  # (b, conv_dim, l)
+        xBC = mask_padding(xBC.transpose(1, 2), attention_mask)  # (b, l, conv_dim)
+        x, B, C = xBC.split([self.d_inner, self.n_groups * self.state_size, self.n_groups * self.state_size], dim=-1)
+        # 3. Chunked SSD scan.
+        y, ssm_state = ops.ssd(
+            x.reshape(batch, length, self.heads, self.head_dim), dt, -torch.exp(self.A_log.float()),
+            B.reshape(batch, length, self.n_groups, self.state_size),
+            C.reshape(batch, length, self.n_groups, self.state_size),
+            self.config.chunk_size, D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
+            dt_limit=self.config.time_step_limit, initial_state=None if state is None else state.ssm,
+        )  # (b, l, h, p)
+        # 4. Gated RMSNorm and output projection.
+        out = self.out_proj(self.norm(y.reshape(batch, length, self.d_inner), z))
+        return out, MixerState(conv_state, ssm_state)
+
+    def step(self, hidden_states: torch.Tensor, state: MixerState) -> tuple[torch.Tensor, MixerState]:
+        """One token. hidden_states: (b, d); state from forward or a previous step. Returns (b, d), new state."""
+        batch = hidden_states.shape[0]
+        ops = get_ops(self.config.ssm_backend, hidden_states.device)
+        z, xBC, dt = self.in_proj(hidden_states).split([self.d_inner, self.conv_dim, self.heads], dim=-1)
+        xBC, conv_state = ops.conv_step(xBC, state.conv, self.conv1d.weight.squeeze(1), self.conv1d.bias)
+        x, B, C = xBC.split([self.d_inner, self.n_groups * self.state_size, self.n_groups * self.state_size], dim=-1)
+        y, ssm_state = ops.ssd_state_update(
+            state.ssm, x.reshape(batch, self.heads, self.head_dim), dt, -torch.exp(self.A_log.float()),
+            B.reshape(batch, self.n_groups, self.state_size), C.reshape(batch, self.n_groups, self.state_size),
+            D=self.D, dt_bias=self.dt_bias, dt_softplus=True, dt_limit=self.config.time_step_limit,
+        )  # (b, h, p)
+        return self.out_proj(self.norm(y.reshape(batch, self.d_inner), z)), MixerState(conv_state, ssm_state)
+
+
+class Mamba1Mixer(nn.Module):
+    """Mamba1 mixer: in_proj -> causal conv -> x_proj (dt, B, C) -> selective scan gated by silu(z) -> out_proj.
+
+    forward: hidden_states (b, l, d) -> (b, l, d); step: (b, d) -> (b, d).
+    """
+
+    def __init__(self, config: HierMambaConfig):
+        super().__init__()
+        self.config = config
+        self.d_inner, self.state_size, self.dt_rank = config.intermediate_size, config.state_size, config.time_step_rank
+        self.in_proj = nn.Linear(config.hidden_size, 2 * self.d_inner, bias=config.use_bias)
+        self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, config.conv_kernel, groups=self.d_inner,
+                                padding=config.conv_kernel - 1, bias=config.use_conv_bias)
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * self.state_size, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(inverse_softplus_dt(self.d_inner, config))
+        A = torch.arange(1, self.state_size + 1, dtype=torch.float32).expand(self.d_inner, -1)  # S4D-real
+        self.A_log = nn.Parameter(torch.log(A).contiguous())
+        self.D = nn.Parameter(torch.ones(self.d_inner))
+        self.out_proj = nn.Linear(self.d_inner, config.hidden_size, bias=config.use_bias)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        state: MixerState | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, MixerState]:
+        """hidden_states: (b, l, d); state: initial state or None (zeros). Returns (b, l, d) and the final state."""
+        ops = get_ops(self.config.ssm_backend, hidden_states.device)
+        # 1. Input projection to x and the gate z, channels first for the conv and the scan.
+        projected = self.in_proj(mask_padding(hidden_states, attention_mask)).transpose(1, 2)  # (b, 2 d_inner, l)
+        x, z = projected.chunk(2, dim=1)
+        # 2. Causal depthwise conv over time, padded positions zeroed again.
+        x, conv_state = ops.conv(x, self.conv1d.weight.squeeze(1), self.conv1d.bias,
+                                 None if state is None else state.conv)  # (b, d_inner, l)
+        x = mask_padding(x.transpose(1, 2), attention_mask)  # (b, l, d_inner)
+        # 3. Input-dependent dt, B, C.
+        dt, B, C = self.x_proj(x).split([self.dt_rank, self.state_size, self.state_size], dim=-1)
+        dt = self.dt_proj.weight @ dt.transpose(1, 2)  # (b, d_inner, l); bias added in the scan
+        # 4. Selective scan with the silu(z) gate, then the output projection.
+        y, ssm_state = ops.selective_scan(
+            x.transpose(1, 2), dt, -torch.exp(self.A_log.float()), B.transpose(1, 2), C.transpose(1, 2),
+            D=self.D, z=z, delta_bias=self.dt_proj.bias, delta_softplus=True,
+            initial_state=None if state is None else state.ssm,
+        )  # (b, d_inner, l)
+        return self.out_proj(y.transpose(1, 2)), MixerState(conv_state, ssm_state)
+
+    def step(self, hidden_states: torch.Tensor, state: MixerState) -> tuple[torch.Tensor, MixerState]:
+        """One token. hidden_states: (b, d); state from forward or a previous step. Returns (b, d), new state."""
+        ops = get_ops(self.config.ssm_backend, hidden_states.device)
+        x, z = self.in_proj(hidden_states).chunk(2, dim=-1)
+        x, conv_state = ops.conv_step(x, state.conv, self.conv1d.weight.squeeze(1), self.conv1d.bias)
+        dt, B, C = self.x_proj(x).split([self.dt_rank, self.state_size, self.state_size], dim=-1)
+        y, ssm_state = ops.selective_state_update(
+            state.ssm, x, dt @ self.dt_proj.weight.t(), -torch.exp(self.A_log.float()), B, C,
+            D=self.D, z=z, delta_bias=self.dt_proj.bias, delta_softplus=True,
+        )  # (b, d_inner)
+        return self.out_proj(y), MixerState(conv_state, ssm_state)
+
+
+MIXER_CLASSES = {"mamba2": Mamba2Mixer, "mamba1": Mamba1Mixer}
