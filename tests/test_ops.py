@@ -1,0 +1,148 @@
+"""The torch ops: chunked / parallel forms equal their step-by-step references, forward and backward."""
+
+import pytest
+import torch
+
+from hier_mamba.ops import (
+    causal_conv1d,
+    causal_conv1d_step,
+    get_ops,
+    linear_recurrence,
+    selective_scan,
+    selective_scan_sequential,
+    ssd_chunked,
+    ssd_sequential,
+)
+from hier_mamba.ops.backend import TORCH_OPS, cuda_kernels_error
+
+
+def _grads(outputs, inputs):
+    """Gradients of a fixed random projection of the outputs (the same weights on every call)."""
+    loss = sum((o * torch.randn(o.shape, generator=torch.Generator().manual_seed(i))).sum()
+               for i, o in enumerate(outputs))
+    return torch.autograd.grad(loss, inputs)
+
+
+def test_linear_recurrence_matches_loop_forward_and_backward():
+    torch.manual_seed(0)
+    a = torch.rand(37, 2, 3, requires_grad=True)
+    b = torch.randn(37, 2, 3, requires_grad=True)
+    h0 = torch.randn(2, 3, requires_grad=True)
+    ours = linear_recurrence(a, b, h0)
+    h, states = h0, []
+    for t in range(37):
+        h = a[t] * h + b[t]
+        states.append(h)
+    reference = torch.stack(states)
+    torch.testing.assert_close(ours, reference)
+    for g1, g2 in zip(_grads([ours], [a, b, h0]), _grads([reference], [a, b, h0])):
+        torch.testing.assert_close(g1, g2)
+
+
+@pytest.mark.parametrize("length", [1, 7, 64])
+def test_causal_conv_sequence_equals_steps_and_continues_from_state(length):
+    torch.manual_seed(1)
+    x = torch.randn(2, 6, length)
+    weight, bias = torch.randn(6, 4), torch.randn(6)
+    state0 = torch.randn(2, 6, 3)
+    y, final = causal_conv1d(x, weight, bias, state0)
+    state, steps = state0, []
+    for t in range(length):
+        y_t, state = causal_conv1d_step(x[:, :, t], state, weight, bias)
+        steps.append(y_t)
+    torch.testing.assert_close(y, torch.stack(steps, -1))
+    torch.testing.assert_close(final, state)
+    # Splitting the sequence in two and carrying the state gives the same output.
+    if length > 2:
+        y1, s1 = causal_conv1d(x[:, :, :2], weight, bias, state0)
+        y2, _ = causal_conv1d(x[:, :, 2:], weight, bias, s1)
+        torch.testing.assert_close(torch.cat([y1, y2], -1), y)
+
+
+def test_causal_conv_is_causal():
+    x = torch.randn(1, 4, 20)
+    weight = torch.randn(4, 4)
+    y, _ = causal_conv1d(x, weight)
+    x2 = x.clone()
+    x2[:, :, 12] += 5.0
+    y2, _ = causal_conv1d(x2, weight)
+    torch.testing.assert_close(y[:, :, :12], y2[:, :, :12])
+    assert not torch.allclose(y[:, :, 12:], y2[:, :, 12:])
+
+
+@pytest.mark.parametrize("with_state", [False, True])
+def test_selective_scan_equals_sequential(with_state):
+    torch.manual_seed(2)
+    b, d, n, l = 2, 5, 4, 33
+    u = torch.randn(b, d, l, requires_grad=True)
+    delta = torch.randn(b, d, l, requires_grad=True)
+    A = -torch.rand(d, n).add(0.1).requires_grad_()
+    B = torch.randn(b, n, l, requires_grad=True)
+    C = torch.randn(b, n, l, requires_grad=True)
+    D = torch.randn(d, requires_grad=True)
+    z = torch.randn(b, d, l, requires_grad=True)
+    bias = torch.randn(d, requires_grad=True)
+    h0 = torch.randn(b, d, n, requires_grad=True) if with_state else None
+    inputs = [u, delta, A, B, C, D, z, bias] + ([h0] if with_state else [])
+    y1, s1 = selective_scan(u, delta, A, B, C, D, z, bias, True, h0)
+    y2, s2 = selective_scan_sequential(u, delta, A, B, C, D, z, bias, True, h0)
+    torch.testing.assert_close(y1, y2, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(s1, s2, rtol=1e-4, atol=1e-5)
+    for g1, g2 in zip(_grads([y1, s1], inputs), _grads([y2, s2], inputs)):
+        torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("length,chunk,groups", [(50, 16, 1), (64, 16, 2), (5, 64, 1), (1, 8, 2)])
+@pytest.mark.parametrize("with_state", [False, True])
+def test_ssd_chunked_equals_sequential(length, chunk, groups, with_state):
+    torch.manual_seed(3)
+    b, h, p, n = 2, 4, 3, 5
+    x = torch.randn(b, length, h, p, requires_grad=True)
+    dt = torch.randn(b, length, h, requires_grad=True)
+    A = -torch.rand(h).add(0.1).requires_grad_()
+    B = torch.randn(b, length, groups, n, requires_grad=True)
+    C = torch.randn(b, length, groups, n, requires_grad=True)
+    D = torch.randn(h, requires_grad=True)
+    bias = torch.randn(h, requires_grad=True)
+    h0 = torch.randn(b, h, p, n, requires_grad=True) if with_state else None
+    inputs = [x, dt, A, B, C, D, bias] + ([h0] if with_state else [])
+    y1, s1 = ssd_chunked(x, dt, A, B, C, chunk, D, bias, initial_state=h0)
+    y2, s2 = ssd_sequential(x, dt, A, B, C, D, bias, initial_state=h0)
+    torch.testing.assert_close(y1, y2, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(s1, s2, rtol=1e-4, atol=1e-4)
+    for g1, g2 in zip(_grads([y1, s1], inputs), _grads([y2, s2], inputs)):
+        torch.testing.assert_close(g1, g2, rtol=1e-3, atol=1e-3)
+
+
+def test_ssd_groups_use_repeat_interleave_layout():
+    """Head i must read group i // (heads / groups): changing group 1's B only changes heads 2, 3."""
+    torch.manual_seed(4)
+    x, dt = torch.randn(1, 6, 4, 2), torch.randn(1, 6, 4)
+    A, B, C = -torch.rand(4), torch.randn(1, 6, 2, 3), torch.randn(1, 6, 2, 3)
+    y, _ = ssd_chunked(x, dt, A, B, C, 4)
+    B2 = B.clone()
+    B2[:, :, 1] += 1.0
+    y2, _ = ssd_chunked(x, dt, A, B2, C, 4)
+    torch.testing.assert_close(y[:, :, :2], y2[:, :, :2])
+    assert not torch.allclose(y[:, :, 2:], y2[:, :, 2:])
+
+
+def test_ssd_dt_limit_clamps():
+    x, dt = torch.randn(1, 8, 2, 2), torch.full((1, 8, 2), 10.0)
+    A, B, C = -torch.ones(2), torch.randn(1, 8, 1, 3), torch.randn(1, 8, 1, 3)
+    clamped, _ = ssd_chunked(x, dt, A, B, C, 4, dt_limit=(0.0, 0.5))
+    reference, _ = ssd_chunked(x, torch.full_like(dt, 0.5), A, B, C, 4, dt_softplus=False)
+    torch.testing.assert_close(clamped, reference)
+
+
+def test_backend_resolution():
+    assert get_ops("torch", torch.device("cpu")) is TORCH_OPS
+    assert get_ops("auto", torch.device("cpu")) is TORCH_OPS
+    with pytest.raises(ValueError, match="ssm_backend"):
+        get_ops("triton", torch.device("cpu"))
+    if cuda_kernels_error() is not None:
+        with pytest.raises(ImportError, match="no-build-isolation"):
+            get_ops("cuda", torch.device("cpu"))
+    else:
+        with pytest.raises(ValueError, match="CUDA device"):
+            get_ops("cuda", torch.device("cpu"))
