@@ -4,6 +4,10 @@ Glossary (code name -> HRM / Mamba paper symbol):
     H_cycles, L_cycles   N and T of HRM: N high-level updates, each after T low-level updates.
     invocation           one call of the H or the L stack: a full scan over the sequence.
     bptt_steps           how many trailing invocations carry gradient (HRM's one-step gradient = 2).
+    architecture         "hrm": H and L stacks; "looped": one stack L called num_invocations times
+                         as z = L(z + x) (the no-hierarchy baseline; H_cycles=1, L_cycles=0 is a flat Mamba).
+    h_memory_size        M: each H update also attends to the M most recent z_H at the same position.
+    synthetic_gradients  predict the cut gradient at ACT segment boundaries (synthetic_gradients.py).
     state_size           N of Mamba (d_state): size of the SSM state per channel / head.
     expand               E of Mamba: d_inner = expand * hidden_size.
     conv_kernel          width of the causal depthwise convolution (d_conv).
@@ -20,6 +24,7 @@ from transformers import PreTrainedConfig
 
 MIXERS = ("mamba2", "mamba1")
 SSM_BACKENDS = ("auto", "torch", "cuda")
+ARCHITECTURES = ("hrm", "looped")
 ACT_EVAL_MODES = ("max_steps", "q_halt")
 LOSS_TYPES = ("softmax", "stablemax")
 
@@ -64,6 +69,11 @@ class HierMambaConfig(PreTrainedConfig):
         bptt_steps: int | None = 2,
         checkpoint_cycles: bool = False,
         ssm_backend: str = "auto",
+        architecture: str = "hrm",
+        h_memory_size: int = 0,
+        h_memory_heads: int = 4,
+        synthetic_gradients: bool = False,
+        synthetic_gradient_scale: float = 1.0,
         # reasoning head (HierMambaForTokenClassification): ACT and deep supervision
         halt_max_steps: int = 8,
         halt_exploration_prob: float = 0.1,
@@ -102,6 +112,11 @@ class HierMambaConfig(PreTrainedConfig):
         self.bptt_steps = bptt_steps
         self.checkpoint_cycles = checkpoint_cycles
         self.ssm_backend = ssm_backend
+        self.architecture = architecture
+        self.h_memory_size = h_memory_size
+        self.h_memory_heads = h_memory_heads
+        self.synthetic_gradients = synthetic_gradients
+        self.synthetic_gradient_scale = synthetic_gradient_scale
         self.halt_max_steps = halt_max_steps
         self.halt_exploration_prob = halt_exploration_prob
         self.act_eval_mode = act_eval_mode
@@ -127,6 +142,11 @@ class HierMambaConfig(PreTrainedConfig):
         return self.intermediate_size // self.head_dim
 
     @property
+    def residual_layers(self) -> int:
+        """Blocks that write to a residual stream (for the 1/sqrt(depth) init rescale)."""
+        return self.L_layers + (self.H_layers if self.architecture == "hrm" else 0)
+
+    @property
     def num_invocations(self) -> int:
         """Stack calls per forward: each H cycle runs L_cycles L calls and one H call."""
         return self.H_cycles * (self.L_cycles + 1)
@@ -134,11 +154,26 @@ class HierMambaConfig(PreTrainedConfig):
     # validation ------------------------------------------------------------------------------
     def validate_fields(self) -> None:
         """Raise ``ValueError`` naming the first invalid field."""
-        for name in ("vocab_size", "hidden_size", "H_layers", "L_layers", "H_cycles", "L_cycles",
+        for name in ("vocab_size", "hidden_size", "H_layers", "L_layers", "H_cycles",
                      "state_size", "expand", "head_dim", "n_groups", "chunk_size", "time_step_rank",
                      "halt_max_steps"):
             _check_positive_int(name, getattr(self, name))
         _check_choice("mixer", self.mixer, MIXERS)
+        _check_choice("architecture", self.architecture, ARCHITECTURES)
+        min_l_cycles = 1 if self.architecture == "hrm" else 0  # HRM injects x only through L
+        if not isinstance(self.L_cycles, int) or isinstance(self.L_cycles, bool) or self.L_cycles < min_l_cycles:
+            raise ValueError(f"L_cycles must be an int >= {min_l_cycles} for architecture={self.architecture!r}, "
+                             f"got {self.L_cycles!r}")
+        if not isinstance(self.h_memory_size, int) or self.h_memory_size < 0:
+            raise ValueError(f"h_memory_size must be an int >= 0 (0 = off), got {self.h_memory_size!r}")
+        if self.h_memory_size and self.architecture != "hrm":
+            raise ValueError("h_memory_size needs architecture='hrm' (it attends over past H states)")
+        if self.h_memory_size and (not isinstance(self.h_memory_heads, int) or self.h_memory_heads < 1
+                                   or self.hidden_size % self.h_memory_heads):
+            raise ValueError(f"h_memory_heads={self.h_memory_heads!r} must be a positive int dividing "
+                             f"hidden_size={self.hidden_size}")
+        if not self.synthetic_gradient_scale > 0:
+            raise ValueError(f"synthetic_gradient_scale must be > 0, got {self.synthetic_gradient_scale!r}")
         _check_choice("ssm_backend", self.ssm_backend, SSM_BACKENDS)
         _check_choice("act_eval_mode", self.act_eval_mode, ACT_EVAL_MODES)
         _check_choice("loss_type", self.loss_type, LOSS_TYPES)
@@ -152,7 +187,7 @@ class HierMambaConfig(PreTrainedConfig):
         if self.bptt_steps is not None and (not isinstance(self.bptt_steps, int) or isinstance(self.bptt_steps, bool)
                                             or self.bptt_steps < 1):
             raise ValueError(f"bptt_steps must be None (full BPTT) or an int >= 1, got {self.bptt_steps!r}")
-        for name in ("bidirectional", "checkpoint_cycles", "use_cache", "use_conv_bias", "use_bias",
+        for name in ("bidirectional", "checkpoint_cycles", "synthetic_gradients", "use_cache", "use_conv_bias", "use_bias",
                      "rescale_prenorm_residual"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")

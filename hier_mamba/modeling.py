@@ -72,6 +72,10 @@ class HierMambaPreTrainedModel(PreTrainedModel):
         elif isinstance(module, HierarchicalReasoner):
             init.normal_(module.H_init, std=1.0)
             init.normal_(module.L_init, std=1.0)
+        elif getattr(module, "zero_init", False):  # output layers that must start silent (memory.py, synthetic_gradients.py)
+            init.zeros_(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
 
     def _init_mixer(self, mixer: nn.Module) -> None:
         config = self.config
@@ -91,7 +95,7 @@ class HierMambaPreTrainedModel(PreTrainedModel):
         init.kaiming_uniform_(mixer.out_proj.weight, a=math.sqrt(5))
         if config.rescale_prenorm_residual:  # GPT-2 scheme: residual writes scaled by 1/sqrt(depth)
             with torch.no_grad():
-                mixer.out_proj.weight /= math.sqrt(config.H_layers + config.L_layers)
+                mixer.out_proj.weight /= math.sqrt(config.residual_layers)
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:

@@ -25,18 +25,29 @@ from torch.utils.checkpoint import checkpoint
 
 from .blocks import Stack
 from .configuration import HierMambaConfig
+from .memory import HMemoryAttention
 from .mixers import MixerState
 
 
 class Carry(NamedTuple):
-    """The two recurrent sequences of HRM. z_H, z_L: (b, l, d)."""
+    """The recurrent sequences of HRM. z_H, z_L: (b, l, d); memory: up to h_memory_size past z_H (b, l, d)."""
 
     z_H: torch.Tensor
     z_L: torch.Tensor
+    memory: tuple[torch.Tensor, ...] = ()
+
+    def detach(self) -> "Carry":
+        """The same values cut from the autograd graph (the boundary between ACT segments)."""
+        return Carry(self.z_H.detach(), self.z_L.detach(), tuple(m.detach() for m in self.memory))
 
 
 def invocation_schedule(config: HierMambaConfig) -> list[str]:
-    """Order of stack calls in one forward, e.g. ['L', 'L', 'H', 'L', 'L', 'H'] for H_cycles=L_cycles=2."""
+    """Order of stack calls in one forward, e.g. ['L', 'L', 'H', 'L', 'L', 'H'] for H_cycles=L_cycles=2.
+
+    ``architecture="looped"`` calls the single stack L for all ``num_invocations``.
+    """
+    if config.architecture == "looped":
+        return ["L"] * config.num_invocations
     return (["L"] * config.L_cycles + ["H"]) * config.H_cycles
 
 
@@ -47,7 +58,7 @@ def first_recorded_invocation(config: HierMambaConfig) -> int:
 
 
 class HierarchicalReasoner(nn.Module):
-    """The H and L stacks, their initial states, and the cycle loop.
+    """The H and L stacks, their initial states, the optional H memory, and the cycle loop.
 
     forward: x (b, l, d) -> Carry of (b, l, d) sequences, plus per-invocation final states when asked.
     step:    x (b, d) and per-invocation states -> z_H (b, d) and the new states (O(1) per token).
@@ -56,15 +67,18 @@ class HierarchicalReasoner(nn.Module):
     def __init__(self, config: HierMambaConfig):
         super().__init__()
         self.config = config
-        self.H = Stack(config, config.H_layers)
+        self.looped = config.architecture == "looped"
         self.L = Stack(config, config.L_layers)
+        self.H = None if self.looped else Stack(config, config.H_layers)
+        self.memory = (HMemoryAttention(config.hidden_size, config.h_memory_heads, config.rms_norm_eps)
+                       if config.h_memory_size else None)
         # HRM's fixed initial states: one random unit-scale vector per module, broadcast over positions.
         self.register_buffer("H_init", torch.randn(config.hidden_size))
         self.register_buffer("L_init", torch.randn(config.hidden_size))
         self.schedule = invocation_schedule(config)
 
     def initial_carry(self, x: torch.Tensor) -> Carry:
-        """Initial z_H, z_L broadcast to x's shape (..., d)."""
+        """Initial z_H, z_L broadcast to x's shape (..., d), and an empty memory."""
         return Carry(self.H_init.to(x.dtype).expand_as(x), self.L_init.to(x.dtype).expand_as(x))
 
     def forward(
@@ -78,57 +92,78 @@ class HierarchicalReasoner(nn.Module):
 
         Args:
             x: (b, l, d) input embedding, injected into every L call.
-            carry: z_H, z_L to start from (e.g. the previous ACT segment's, detached), or None for the init.
+            carry: z_H, z_L (and memory) to start from, e.g. the previous ACT segment's, detached; None: the init.
             attention_mask: (b, l) of 0/1; padded positions never reach a recurrent state.
             return_states: also return each invocation's final per-layer states (a cache prefill).
         Returns:
             the final Carry, and (if asked) one list of per-layer MixerStates per invocation.
         """
         # 1. Start from the initial states (or the given carry).
-        z_H, z_L = carry if carry is not None else self.initial_carry(x)
-        states: list[list[MixerState]] = []
+        carry = carry if carry is not None else self.initial_carry(x)
+        states = [] if return_states else None
         first = first_recorded_invocation(self.config)
         # 2. Invocations outside the gradient window: no autograd record.
         with torch.no_grad():
             for index in range(first):
-                z_H, z_L = self._invoke(index, z_H, z_L, x, attention_mask, states if return_states else None)
-        # 3. The gradient window, in sqrt-sized checkpointed segments when asked.
+                carry = self._invoke(index, carry, x, attention_mask, states)
+        # 3. The gradient window, in ceil(sqrt(m))-sized checkpointed segments when asked.
         recorded = range(first, len(self.schedule))
         if self.config.checkpoint_cycles and torch.is_grad_enabled() and not return_states:
-            size = math.isqrt(len(recorded) - 1) + 1 if len(recorded) else 1  # ceil(sqrt(m))
+            size = math.isqrt(len(recorded) - 1) + 1 if len(recorded) else 1
             for start in range(first, len(self.schedule), size):
                 segment = range(start, min(start + size, len(self.schedule)))
-                z_H, z_L = checkpoint(self._run_segment, segment, z_H, z_L, x, attention_mask, use_reentrant=False)
+                carry = checkpoint(self._run_segment, segment, carry, x, attention_mask, use_reentrant=False)
         else:
             for index in recorded:
-                z_H, z_L = self._invoke(index, z_H, z_L, x, attention_mask, states if return_states else None)
-        return Carry(z_H, z_L), (states if return_states else None)
+                carry = self._invoke(index, carry, x, attention_mask, states)
+        return carry, states
 
     def step(
         self, x: torch.Tensor, states: list[list[MixerState]]
     ) -> tuple[torch.Tensor, list[list[MixerState]]]:
-        """One token through all invocations. x: (b, d); states: one per-layer list per invocation."""
-        z_H, z_L = self.initial_carry(x)
-        new_states = []
-        for kind, invocation_states in zip(self.schedule, states):
-            if kind == "L":
-                z_L, invocation_states = self.L.step(z_L + z_H + x, invocation_states)
-            else:
-                z_H, invocation_states = self.H.step(z_H + z_L, invocation_states)
-            new_states.append(invocation_states)
-        return z_H, new_states
+        """One token through all invocations. x: (b, d); states: one per-layer list per invocation.
 
-    def _invoke(self, index, z_H, z_L, x, attention_mask, states_out):
+        The H memory of a token holds that token's earlier z_H, so it needs no cache of its own.
+        """
+        carry = self.initial_carry(x)
+        new_states = []
+        for index, invocation_states in enumerate(states):
+            stack, inputs = self._route(index, carry, x)
+            output, invocation_states = stack.step(inputs, invocation_states)
+            carry = self._update(index, carry, output)
+            new_states.append(invocation_states)
+        return carry.z_H, new_states
+
+    def _invoke(self, index, carry, x, attention_mask, states_out) -> Carry:
         """Invocation ``index`` of the schedule: one full scan of the L or the H stack."""
-        if self.schedule[index] == "L":
-            z_L, final_states = self.L(z_L + z_H + x, attention_mask=attention_mask)
-        else:
-            z_H, final_states = self.H(z_H + z_L, attention_mask=attention_mask)
+        stack, inputs = self._route(index, carry, x)
+        output, final_states = stack(inputs, attention_mask=attention_mask)
         if states_out is not None:
             states_out.append(final_states)
-        return z_H, z_L
+        return self._update(index, carry, output)
 
-    def _run_segment(self, segment, z_H, z_L, x, attention_mask):
+    def _route(self, index: int, carry: Carry, x: torch.Tensor) -> tuple[Stack, torch.Tensor]:
+        """The stack of invocation ``index`` and its injected input: L(z_L + z_H + x), H(z_H + z_L), looped L(z + x)."""
+        if self.looped:
+            return self.L, carry.z_L + x
+        if self.schedule[index] == "L":
+            return self.L, carry.z_L + carry.z_H + x
+        return self.H, carry.z_H + carry.z_L
+
+    def _update(self, index: int, carry: Carry, output: torch.Tensor) -> Carry:
+        """The carry after invocation ``index`` produced ``output``; H outputs also read and join the memory."""
+        if self.looped:  # one stack: the head reads its state
+            return Carry(output, output, carry.memory)
+        if self.schedule[index] == "L":
+            return Carry(carry.z_H, output, carry.memory)
+        memory = carry.memory
+        if self.memory is not None:
+            if memory:
+                output = self.memory(output, torch.stack(memory, dim=-2))  # memory: (..., M, d)
+            memory = (memory + (output,))[-self.config.h_memory_size:]
+        return Carry(output, carry.z_L, memory)
+
+    def _run_segment(self, segment, carry, x, attention_mask) -> Carry:
         for index in segment:
-            z_H, z_L = self._invoke(index, z_H, z_L, x, attention_mask, None)
-        return z_H, z_L
+            carry = self._invoke(index, carry, x, attention_mask, None)
+        return carry
