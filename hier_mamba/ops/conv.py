@@ -33,7 +33,15 @@ def causal_conv1d(
     if initial_state is None:
         initial_state = x.new_zeros(batch, dim, width - 1)
     padded = torch.cat([initial_state.to(x.dtype), x], dim=-1)  # (b, d, w - 1 + l)
-    y = F.conv1d(padded, weight.unsqueeze(1).to(x.dtype), bias, groups=dim)  # (b, d, l)
+    # y_t = sum_k w_k x_{t - (w - 1) + k}: w shifted multiply-adds. Same as a grouped F.conv1d, whose
+    # CPU backward is ~50x slower for depthwise filters.
+    length = x.shape[-1]
+    weight = weight.to(x.dtype)
+    y = padded[:, :, :length] * weight[:, :1]
+    for k in range(1, width):
+        y = torch.addcmul(y, padded[:, :, k:k + length], weight[:, k:k + 1])
+    if bias is not None:
+        y = y + bias.to(x.dtype)[:, None]
     final_state = padded[:, :, padded.shape[-1] - (width - 1):]
     return _activate(y, activation), final_state
 

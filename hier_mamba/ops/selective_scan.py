@@ -132,7 +132,7 @@ def selective_state_update(
     """
     delta = _softplus_dt(delta.float(), delta_bias, delta_softplus).unsqueeze(-1)  # (b, d, 1)
     new_state = torch.exp(delta * A.float()) * state.float() + delta * B.float().unsqueeze(1) * u.float().unsqueeze(-1)
-    y = torch.einsum("bdn,bn->bd", new_state, C.float())
+    y = (new_state * C.float().unsqueeze(1)).sum(-1)  # (b, d); a tiny einsum/bmm is ~100x slower on CPU
     return _skip_and_gate(y, u, D, z).to(u.dtype), new_state
 
 
