@@ -1,0 +1,280 @@
+"""HierMambaForTokenClassification: HRM's puzzle head with ACT and deep supervision, in one forward.
+
+One call runs up to ``halt_max_steps`` *segments* (one full H/L pass each). Between segments the
+carry (z_H, z_L) is detached, so the loss, a sum over segments, has the gradient of the sum of
+per-segment losses: HRM's deep supervision, but with one optimizer step per batch (HRM steps the
+optimizer after every segment), which is what lets ``transformers.Trainer`` train it unchanged.
+Activation memory grows with the number of segments run (each keeps its own graph until backward).
+
+Per segment s, over the sequences still running (not halted at an earlier segment), with b the
+batch size (HRM's weighting: every (sequence, segment) pair counts the same):
+
+    lm_s         = (1/b) sum_i  mean over labelled tokens of CE(logits_s, labels)
+    q_halt_s     = (1/b) sum_i  BCE(q_halt_s, sequence exactly correct at s)
+    q_continue_s = (1/b) sum_i  BCE(q_continue_s, q_learning_targets(Q_{s+1}, is_last_step))
+    loss         = sum_s  lm_s + 0.5 * (q_halt_s + q_continue_s)
+
+Q_{s+1} are the next segment's Q logits, detached. The next segment is run anyway unless s was the
+last segment run; then one extra segment under ``torch.no_grad()`` provides them (HRM also runs
+one segment past the last step for its target). Halted sequences keep being computed with the
+batch; their outputs are simply no longer used.
+
+The Q-head reads the mean of z_H over the (unpadded) positions: the model has no puzzle embedding
+or special first token for it to read instead (HRM reads position 0, its puzzle-embedding slot).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.modeling_outputs import ModelOutput
+
+from .act import (
+    IGNORE_INDEX,
+    draw_min_halt_steps,
+    halting_decision,
+    q_learning_targets,
+    sequence_cross_entropy,
+    sequence_is_correct,
+)
+from .configuration import HierMambaConfig
+from .modeling import HierMambaModel, HierMambaPreTrainedModel, check_token_ids
+from .reasoning import Carry
+from .synthetic_gradients import SyntheticGradientModel, synthetic_boundary
+
+Q_HEAD_BIAS_INIT = -5.0  # HRM: Q starts at sigmoid(-5) ~ 0.007 for both actions, weight 0 (no early halting)
+
+
+@dataclass
+class HierMambaACTOutput(ModelOutput):
+    """Output of :class:`HierMambaForTokenClassification`.
+
+    loss:              deep-supervision loss (module docstring), when labels are given.
+    logits:            (b, l, vocab) of the segment each sequence halted at (or the last run), fp32.
+    q_halt_logits:     (b,) Q logit of halting, from that same segment.
+    q_continue_logits: (b,) Q logit of continuing, from that same segment.
+    steps:             (b,) int64, segments each sequence used (1..number of segments).
+    all_logits:        (segments run, b, l, vocab), only with ``return_all_segments``.
+    all_q_logits:      (segments run, b, 2) of (halt, continue), only with ``return_all_segments``.
+    lm_loss, q_halt_loss, q_continue_loss: the summed components of ``loss``, detached.
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    q_halt_logits: torch.Tensor | None = None
+    q_continue_logits: torch.Tensor | None = None
+    steps: torch.Tensor | None = None
+    all_logits: torch.Tensor | None = None
+    all_q_logits: torch.Tensor | None = None
+    lm_loss: torch.Tensor | None = None
+    q_halt_loss: torch.Tensor | None = None
+    q_continue_loss: torch.Tensor | None = None
+
+
+class Segment(NamedTuple):
+    """One segment's results. carry: (b, l, d) states; logits: (b, l, vocab); q_halt, q_continue: (b,)."""
+
+    carry: Carry
+    logits: torch.Tensor
+    q_halt: torch.Tensor
+    q_continue: torch.Tensor
+
+
+class _PendingLoss(NamedTuple):
+    """A segment's loss terms that are known now; its q_continue target waits for the next segment's Q."""
+
+    lm: torch.Tensor  # (b,) mean token CE per sequence
+    q_halt: torch.Tensor  # (b,) BCE against exact correctness
+    q_continue_logits: torch.Tensor  # (b,)
+    running: torch.Tensor  # (b,) bool: sequences whose loss counts at this segment
+    is_last_step: bool
+
+
+class HierMambaForTokenClassification(HierMambaPreTrainedModel):
+    """Per-position output tokens (puzzle input grid -> solution grid) with ACT over segments.
+
+    Modules: ``model`` (HierMambaModel backbone), ``lm_head`` Linear(hidden, vocab_size) on z_H,
+    ``q_head`` Linear(hidden, 2) on mean-pooled z_H (HRM init: weight 0, bias -5), and, with
+    ``config.synthetic_gradients``, ``synthetic_gradient`` predicting the gradient cut at each
+    segment boundary (synthetic_gradients.py).
+    """
+
+    accepts_loss_kwargs = False  # the loss is normalised here; Trainer must scale it for accumulation
+
+    def __init__(self, config: HierMambaConfig):
+        super().__init__(config)
+        self.model = HierMambaModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.q_head = nn.Linear(config.hidden_size, 2)  # (halt, continue)
+        self.synthetic_gradient = (SyntheticGradientModel(config.hidden_size, config.rms_norm_eps)
+                                   if config.synthetic_gradients else None)
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """The backbone's init, then HRM's Q-head init (weight 0, bias -5), which the generic Linear init would undo."""
+        super()._init_weights(module)
+        if module is getattr(self, "q_head", None):
+            init.zeros_(module.weight)
+            init.constant_(module.bias, Q_HEAD_BIAS_INIT)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embeddings = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        labels: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        num_segments: int | None = None,
+        return_all_segments: bool = False,
+    ) -> HierMambaACTOutput:
+        """
+        Args:
+            input_ids: (b, l) puzzle tokens.
+            labels: (b, l) solution tokens, -100 where not scored.
+            attention_mask: (b, l) of 0/1; padded positions are skipped by the scans and the Q pooling.
+            num_segments: the most segments to run (default ``config.halt_max_steps``); at evaluation
+                this tests with more (or fewer) segments than training used.
+            return_all_segments: also return every segment's logits and Q logits.
+        Returns:
+            HierMambaACTOutput (see its docstring). Halting follows ``act.halting_decision``: Q-head
+            and exploration in training, ``config.act_eval_mode`` in evaluation.
+        """
+        # 1. Validate and embed once: every segment injects the same x.
+        max_steps = self._max_steps(num_segments)
+        self._check_inputs(input_ids, labels, attention_mask)
+        x = self.model.get_input_embeddings()(input_ids)  # (b, l, d)
+        batch = x.shape[0]
+        # 2. Exploration: the minimum number of segments of each sequence (training only).
+        exploration = self.config.halt_exploration_prob if self.training else 0.0
+        min_halt_steps = draw_min_halt_steps(batch, max_steps, exploration, device=x.device)  # (b,)
+        # 3. Segments until every sequence halted; finish each segment's loss when the next Q is known.
+        halted = torch.zeros(batch, dtype=torch.bool, device=x.device)  # (b,)
+        steps = torch.zeros(batch, dtype=torch.long, device=x.device)  # (b,)
+        carry, final, pending, terms, history = None, None, None, [], []
+        for step in range(1, max_steps + 1):
+            segment = self._segment(x, carry, attention_mask)
+            running = ~halted
+            if labels is not None:
+                if pending is not None:
+                    terms.append(self._close(pending, segment))
+                pending = self._open(segment, labels, running, is_last_step=step == max_steps)
+            halted = halted | (running & halting_decision(
+                step, max_steps, segment.q_halt.detach(), segment.q_continue.detach(), training=self.training,
+                eval_mode=self.config.act_eval_mode, min_halt_steps=min_halt_steps))
+            steps = torch.where(running, step, steps)
+            final = segment if final is None else _select(running, segment, final)
+            if return_all_segments:
+                history.append(segment)
+            if bool(halted.all()):
+                break
+            carry = self._boundary(segment.carry, still_running=~halted)
+        # 4. The last segment's q_continue target needs one more segment's Q values (no gradient).
+        if pending is not None:
+            with torch.no_grad():
+                extra = self._segment(x, segment.carry.detach(), attention_mask)
+            terms.append(self._close(pending, extra))
+        return self._output(final, steps, terms, history, batch)
+
+    # segments ---------------------------------------------------------------------------------
+    def _segment(self, x: torch.Tensor, carry: Carry | None, attention_mask: torch.Tensor | None) -> Segment:
+        """One full H/L pass from ``carry`` (None: the initial states). x: (b, l, d)."""
+        outputs = self.model(inputs_embeds=x, attention_mask=attention_mask, carry=carry, use_cache=False)
+        z_H = outputs.last_hidden_state  # (b, l, d)
+        logits = self.lm_head(z_H.to(self.lm_head.weight.dtype)).float()  # (b, l, vocab)
+        pooled = _masked_mean(z_H, attention_mask)  # (b, d)
+        q = self.q_head(pooled.to(self.q_head.weight.dtype)).float()  # (b, 2)
+        return Segment(outputs.carry, logits, q[:, 0], q[:, 1])
+
+    def _boundary(self, carry: Carry, still_running: torch.Tensor) -> Carry:
+        """The carry handed to the next segment: detached, or through a synthetic-gradient boundary.
+
+        The synthetic gradient only helps when the reasoner's gradient window reaches the carry it
+        starts from (``bptt_steps`` covering all invocations); sequences already halted get none.
+        """
+        if self.synthetic_gradient is None or not torch.is_grad_enabled():
+            return carry.detach()
+        g_H, g_L = self.synthetic_gradient(carry.z_H.detach(), carry.z_L.detach())  # (b, l, d) each
+        keep = still_running[:, None, None].to(g_H.dtype)  # (b, 1, 1)
+        scale = self.config.synthetic_gradient_scale
+        return Carry(synthetic_boundary(carry.z_H, g_H * keep, scale), synthetic_boundary(carry.z_L, g_L * keep, scale),
+                     tuple(m.detach() for m in carry.memory))
+
+    # losses -----------------------------------------------------------------------------------
+    def _open(self, segment: Segment, labels: torch.Tensor, running: torch.Tensor, is_last_step: bool) -> _PendingLoss:
+        """Loss terms of ``segment`` that need no future: token CE and the q_halt BCE."""
+        lm = sequence_cross_entropy(segment.logits, labels, self.config.loss_type)  # (b,)
+        correct = sequence_is_correct(segment.logits.detach(), labels).to(segment.q_halt.dtype)  # (b,)
+        q_halt = F.binary_cross_entropy_with_logits(segment.q_halt, correct, reduction="none")  # (b,)
+        return _PendingLoss(lm, q_halt, segment.q_continue, running, is_last_step)
+
+    @staticmethod
+    def _close(pending: _PendingLoss, next_segment: Segment) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(lm, q_halt, q_continue) of the pending segment, each summed over its running sequences."""
+        target = q_learning_targets(next_segment.q_halt.detach(), next_segment.q_continue.detach(),
+                                    pending.is_last_step)  # (b,)
+        q_continue = F.binary_cross_entropy_with_logits(pending.q_continue_logits, target, reduction="none")  # (b,)
+        weight = pending.running.to(pending.lm.dtype)  # (b,)
+        return (pending.lm * weight).sum(), (pending.q_halt * weight).sum(), (q_continue * weight).sum()
+
+    def _output(self, final: Segment, steps, terms, history, batch: int) -> HierMambaACTOutput:
+        """Reduce the per-segment terms to the losses (divided by the batch size) and pack the output."""
+        loss = lm_loss = q_halt_loss = q_continue_loss = None
+        if terms:
+            lm_loss, q_halt_loss, q_continue_loss = (torch.stack(parts).sum() / batch for parts in zip(*terms))
+            loss = lm_loss + 0.5 * (q_halt_loss + q_continue_loss)
+            lm_loss, q_halt_loss, q_continue_loss = lm_loss.detach(), q_halt_loss.detach(), q_continue_loss.detach()
+        all_logits = torch.stack([s.logits for s in history]) if history else None  # (segments, b, l, vocab)
+        all_q = torch.stack([torch.stack([s.q_halt, s.q_continue], -1) for s in history]) if history else None
+        return HierMambaACTOutput(
+            loss=loss, logits=final.logits, q_halt_logits=final.q_halt, q_continue_logits=final.q_continue,
+            steps=steps, all_logits=all_logits, all_q_logits=all_q,
+            lm_loss=lm_loss, q_halt_loss=q_halt_loss, q_continue_loss=q_continue_loss,
+        )
+
+    # validation -------------------------------------------------------------------------------
+    def _max_steps(self, num_segments: int | None) -> int:
+        if num_segments is None:
+            return self.config.halt_max_steps
+        if not isinstance(num_segments, int) or isinstance(num_segments, bool) or num_segments < 1:
+            raise ValueError(f"num_segments must be a positive int (or None for halt_max_steps), got {num_segments!r}")
+        return num_segments
+
+    def _check_inputs(self, input_ids, labels, attention_mask) -> None:
+        if input_ids is None or input_ids.dim() != 2:
+            shape = None if input_ids is None else tuple(input_ids.shape)
+            raise ValueError(f"input_ids must be a (batch, length) tensor, got shape {shape}")
+        check_token_ids("input_ids", input_ids, self.config.vocab_size)
+        if labels is not None:
+            if labels.shape != input_ids.shape:
+                raise ValueError(f"labels has shape {tuple(labels.shape)}, expected input_ids' {tuple(input_ids.shape)}")
+            check_token_ids("labels", labels, self.config.vocab_size, ignore_index=IGNORE_INDEX)
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, "
+                             f"expected input_ids' {tuple(input_ids.shape)}")
+
+
+def _masked_mean(z: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean over positions. z: (b, l, d); attention_mask: (b, l) or None. Returns (b, d)."""
+    if attention_mask is None:
+        return z.mean(1)
+    weight = attention_mask.to(z.dtype)[:, :, None]  # (b, l, 1)
+    return (z * weight).sum(1) / weight.sum(1).clamp(min=1)
+
+
+def _select(mask: torch.Tensor, new: Segment, old: Segment) -> Segment:
+    """Per sequence, ``new`` where mask (b,) is True, else ``old`` (the carry is taken from ``new``)."""
+    return Segment(
+        new.carry,
+        torch.where(mask[:, None, None], new.logits, old.logits),
+        torch.where(mask, new.q_halt, old.q_halt),
+        torch.where(mask, new.q_continue, old.q_continue),
+    )

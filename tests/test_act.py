@@ -1,0 +1,334 @@
+"""ACT and deep supervision: the math of act.py, HierMambaForTokenClassification, and the puzzle task module."""
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForTokenClassification
+
+from hier_mamba import HierMambaConfig, HierMambaForTokenClassification
+from hier_mamba.act import (
+    draw_min_halt_steps,
+    halting_decision,
+    log_stablemax,
+    q_learning_targets,
+    softmax_cross_entropy,
+    stablemax_cross_entropy,
+)
+
+TINY = dict(vocab_size=12, hidden_size=32, H_layers=1, L_layers=1, H_cycles=2, L_cycles=2, state_size=8,
+            head_dim=16, chunk_size=16, bidirectional=True, halt_exploration_prob=0.0)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors run fastest on one thread; several threads on a busy 2-core machine are ~10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_model(seed: int = 0, **overrides) -> HierMambaForTokenClassification:
+    torch.manual_seed(seed)
+    return HierMambaForTokenClassification(HierMambaConfig(**{**TINY, **overrides}))
+
+
+def puzzles(batch: int = 4, length: int = 10, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(0, TINY["vocab_size"], (batch, length), generator=generator)
+    labels = torch.randint(0, TINY["vocab_size"], (batch, length), generator=generator)
+    labels[0, :3] = -100  # some ignored positions
+    return input_ids, labels
+
+
+def set_q_head(model, weight_std: float = 0.0, halt_bias: float = -5.0, continue_bias: float = -5.0) -> None:
+    with torch.no_grad():
+        model.q_head.weight.normal_(std=weight_std) if weight_std else model.q_head.weight.zero_()
+        model.q_head.bias.copy_(torch.tensor([halt_bias, continue_bias]))
+
+
+# ---------------------------------------------------------------------------------------------- act.py
+def test_stablemax_cross_entropy_matches_hand_computation():
+    logits = torch.tensor([[-1.0, 0.0, 2.0], [3.0, -3.0, 0.5]])
+    labels = torch.tensor([2, -100])
+    # s = [1/(1+1), 0+1, 2+1] = [0.5, 1, 3]; p(label 2) = 3 / 4.5
+    expected = torch.tensor([-math.log(3 / 4.5), 0.0])
+    torch.testing.assert_close(stablemax_cross_entropy(logits, labels), expected)
+    torch.testing.assert_close(log_stablemax(torch.tensor([-1.0, 0.0, 2.0])).exp(), torch.tensor([0.5, 1, 3]) / 4.5)
+
+
+def test_stablemax_gradient_is_finite_where_the_unused_branch_is_singular():
+    logits = torch.tensor([[1.0, 2.0, -0.5]], requires_grad=True)  # 1 / (1 - x) is singular at x = 1
+    stablemax_cross_entropy(logits, torch.tensor([0])).sum().backward()
+    assert torch.isfinite(logits.grad).all()
+
+
+def test_softmax_cross_entropy_matches_torch_and_ignores_minus_100():
+    logits, labels = torch.randn(2, 5, 7), torch.randint(0, 7, (2, 5))
+    labels[1, 2] = -100
+    per_token = softmax_cross_entropy(logits, labels)
+    assert per_token[1, 2] == 0
+    torch.testing.assert_close(per_token.sum() / 9, F.cross_entropy(logits.reshape(-1, 7), labels.reshape(-1)))
+
+
+def test_q_learning_targets_match_hand_computation():
+    next_halt, next_continue = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([0.0, 3.0, 4.0])
+    is_last = torch.tensor([False, False, True])
+    expected = torch.sigmoid(torch.tensor([1.0, 3.0, 0.5]))  # max, max, and q_halt at the last step
+    torch.testing.assert_close(q_learning_targets(next_halt, next_continue, is_last), expected)
+    torch.testing.assert_close(q_learning_targets(next_halt, next_continue, True), torch.sigmoid(next_halt))
+
+
+def test_halting_decision_in_training_and_both_evaluation_modes():
+    q_halt, q_continue = torch.tensor([1.0, -1.0, 1.0]), torch.tensor([0.0, 0.0, 0.0])
+    minimum = torch.tensor([0, 0, 3])
+    train = halting_decision(2, 4, q_halt, q_continue, training=True, min_halt_steps=minimum)
+    assert train.tolist() == [True, False, False]  # the third wants to halt but must reach step 3
+    assert halting_decision(4, 4, q_halt, q_continue, training=True, min_halt_steps=minimum).all()
+    assert not halting_decision(2, 4, q_halt, q_continue, training=False, eval_mode="max_steps").any()
+    assert halting_decision(2, 4, q_halt, q_continue, training=False, eval_mode="q_halt").tolist() == [True, False, True]
+    with pytest.raises(ValueError, match="step"):
+        halting_decision(5, 4, q_halt, q_continue, training=True)
+
+
+def test_draw_min_halt_steps_range_and_probability():
+    torch.manual_seed(0)
+    always = draw_min_halt_steps(1000, 5, 1.0)
+    assert always.min() == 2 and always.max() == 5
+    assert (draw_min_halt_steps(100, 5, 0.0) == 0).all()
+    assert (draw_min_halt_steps(10, 1, 1.0) == 0).all()  # one segment: nothing to explore
+
+
+# ------------------------------------------------------------------------------- the model: halting
+def test_act_runs_exactly_halt_max_steps_when_q_never_says_halt():
+    model = tiny_model(halt_max_steps=3).train()
+    input_ids, labels = puzzles()
+    output = model(input_ids, labels=labels, return_all_segments=True)  # HRM init: q_halt == q_continue
+    assert output.steps.tolist() == [3, 3, 3, 3]
+    assert output.all_logits.shape == (3, 4, 10, 12) and output.all_q_logits.shape == (3, 4, 2)
+    torch.testing.assert_close(output.logits, output.all_logits[-1])
+
+
+def test_q_head_halting_in_training_and_in_q_halt_evaluation():
+    model = tiny_model(halt_max_steps=4)
+    set_q_head(model, halt_bias=5.0)
+    input_ids, _ = puzzles()
+    assert model.train()(input_ids).steps.tolist() == [1, 1, 1, 1]
+    assert model.eval()(input_ids).steps.tolist() == [4, 4, 4, 4]  # act_eval_mode="max_steps" ignores Q
+    model.config.act_eval_mode = "q_halt"
+    assert model(input_ids).steps.tolist() == [1, 1, 1, 1]
+
+
+def test_act_never_exceeds_max_steps_and_halted_sequences_keep_their_logits():
+    model = tiny_model(halt_max_steps=4)
+    input_ids, labels = puzzles(batch=8)
+    split_halting(model, input_ids, segments=4)  # per-sequence decisions
+    output = model(input_ids, labels=labels, return_all_segments=True)
+    assert output.steps.min() >= 1 and output.steps.max() <= 4 and len(set(output.steps.tolist())) > 1
+    for row, steps in enumerate(output.steps.tolist()):
+        torch.testing.assert_close(output.logits[row], output.all_logits[steps - 1, row])
+        q = output.all_q_logits[steps - 1, row]
+        assert steps == 4 or q[0] > q[1]
+        assert all(output.all_q_logits[s, row, 0] <= output.all_q_logits[s, row, 1] for s in range(steps - 1))
+
+
+def test_exploration_sequences_never_halt_before_their_drawn_minimum():
+    model = tiny_model(halt_max_steps=5, halt_exploration_prob=1.0).train()
+    set_q_head(model, halt_bias=5.0)  # Q always wants to halt: the drawn minimum decides
+    input_ids, _ = puzzles(batch=16)
+    torch.manual_seed(123)
+    minimum = draw_min_halt_steps(16, 5, 1.0)
+    torch.manual_seed(123)
+    steps = model(input_ids).steps
+    assert (minimum >= 2).all()
+    assert torch.equal(steps, minimum)
+
+
+def test_num_segments_sets_the_number_of_segments_at_evaluation():
+    model = tiny_model(halt_max_steps=2).eval()
+    input_ids, _ = puzzles()
+    output = model(input_ids, num_segments=5, return_all_segments=True)
+    assert output.steps.tolist() == [5] * 4 and output.all_logits.shape[0] == 5
+    # segment k of a long run is the output of a k-segment run (the carry is all that links them)
+    torch.testing.assert_close(model(input_ids, num_segments=2).logits, output.all_logits[1])
+    with pytest.raises(ValueError, match="num_segments"):
+        model(input_ids, num_segments=0)
+
+
+# ------------------------------------------------------------------ the model: deep-supervision loss
+def manual_segment(model, input_ids, carry):
+    """One segment from the public modules: backbone from ``carry``, then the two heads."""
+    outputs = model.model(input_ids, carry=carry, use_cache=False)
+    z_H = outputs.last_hidden_state
+    q = model.q_head(z_H.mean(1))
+    return outputs.carry, model.lm_head(z_H), q[:, 0], q[:, 1]
+
+
+def segment_loss(logits, q_halt, q_continue, labels, next_q, is_last):
+    """HRM's loss of one segment for one batch of running sequences, summed over them."""
+    scored = labels != -100
+    token_ce = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
+    lm = token_ce.sum(-1) / scored.sum(-1).clamp(min=1)
+    correct = ((logits.argmax(-1) == labels) | ~scored).all(-1).float()
+    next_halt, next_continue = next_q
+    target = torch.sigmoid(next_halt if is_last else torch.maximum(next_halt, next_continue))
+    q_halt_loss = F.binary_cross_entropy_with_logits(q_halt, correct, reduction="none")
+    q_continue_loss = F.binary_cross_entropy_with_logits(q_continue, target, reduction="none")
+    return (lm + 0.5 * (q_halt_loss + q_continue_loss)).sum()
+
+
+def split_halting(model, input_ids, segments: int) -> None:
+    """Random Q weights and a halt bias in the widest gap among the central first-segment Q
+    differences: some sequences halt at once, the others later, and no decision is near a tie."""
+    set_q_head(model, weight_std=30.0, halt_bias=0.0, continue_bias=0.0)
+    with torch.no_grad():
+        q = model.eval()(input_ids, num_segments=segments, return_all_segments=True).all_q_logits
+    differences = (q[0, :, 0] - q[0, :, 1]).sort().values
+    central = differences[len(differences) // 4: 3 * len(differences) // 4 + 1]
+    gap = int((central[1:] - central[:-1]).argmax())
+    with torch.no_grad():
+        model.q_head.bias[0] = -(central[gap] + central[gap + 1]) / 2
+    model.train()
+
+
+def test_loss_equals_the_sum_of_per_sequence_per_segment_losses_with_halting():
+    model = tiny_model(halt_max_steps=4)
+    input_ids, labels = puzzles(batch=6)
+    split_halting(model, input_ids, segments=4)
+    output = model(input_ids, labels=labels)
+    assert len(set(output.steps.tolist())) > 1, "the test needs sequences that halt at different segments"
+    expected = 0.0
+    with torch.no_grad():
+        for row in range(6):  # each sequence alone, until its own halting rule fires
+            ids, lab = input_ids[row:row + 1], labels[row:row + 1]
+            carry, current = None, None
+            for step in range(1, 5):
+                carry, logits, q_halt, q_continue = current or manual_segment(model, ids, carry)
+                following = manual_segment(model, ids, carry.detach())
+                expected += segment_loss(logits, q_halt, q_continue, lab, following[2:], step == 4)
+                if step == 4 or q_halt > q_continue:
+                    assert output.steps[row] == step
+                    break
+                current = following
+    torch.testing.assert_close(output.loss, expected / 6, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(output.loss, output.lm_loss + 0.5 * (output.q_halt_loss + output.q_continue_loss))
+
+
+def test_gradient_is_the_sum_of_per_segment_gradients():
+    model = tiny_model(halt_max_steps=3, bptt_steps=None).train()
+    set_q_head(model, weight_std=0.1, continue_bias=5.0)  # never halts: every segment counts
+    input_ids, labels = puzzles()
+    model(input_ids, labels=labels).loss.backward()
+    full = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    carries = [None]
+    with torch.no_grad():
+        for _ in range(3):
+            carries.append(manual_segment(model, input_ids, carries[-1])[0].detach())
+        next_qs = [manual_segment(model, input_ids, carries[s + 1])[2:] for s in range(3)]
+    for s in range(3):  # a fresh graph per segment, from the detached carry
+        _, logits, q_halt, q_continue = manual_segment(model, input_ids, carries[s])
+        (segment_loss(logits, q_halt, q_continue, labels, next_qs[s], s == 2) / 4).backward()
+    for name, p in model.named_parameters():
+        if name in full:
+            torch.testing.assert_close(p.grad, full[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_synthetic_gradient_boundary_keeps_the_loss_and_trains_its_predictor():
+    detached = tiny_model(halt_max_steps=3, bptt_steps=None).train()
+    synthetic = tiny_model(halt_max_steps=3, bptt_steps=None, synthetic_gradients=True).train()
+    synthetic.load_state_dict(detached.state_dict(), strict=False)
+    input_ids, labels = puzzles()
+    loss = detached(input_ids, labels=labels).loss
+    loss_sg = synthetic(input_ids, labels=labels).loss
+    torch.testing.assert_close(loss_sg, loss)
+    loss_sg.backward()
+    assert synthetic.synthetic_gradient.out.weight.grad.abs().sum() > 0  # regressed towards the true gradient
+
+
+# ----------------------------------------------------------------------------- the model: HF glue
+def test_q_head_init_survives_post_init_and_auto_from_config():
+    model = AutoModelForTokenClassification.from_config(HierMambaConfig(**TINY))
+    assert type(model) is HierMambaForTokenClassification
+    assert torch.equal(model.q_head.weight, torch.zeros_like(model.q_head.weight))
+    assert torch.equal(model.q_head.bias, torch.full((2,), -5.0))
+    assert model.lm_head.weight.data_ptr() != model.model.embeddings.weight.data_ptr()  # not tied
+
+
+def test_save_load_round_trip_gives_identical_outputs(tmp_path):
+    model = tiny_model(halt_max_steps=3).eval()
+    set_q_head(model, weight_std=0.5, halt_bias=0.3, continue_bias=-0.2)  # not the init values
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForTokenClassification.from_pretrained(tmp_path).eval()
+    input_ids, labels = puzzles()
+    with torch.no_grad():
+        before, after = model(input_ids, labels=labels), reloaded(input_ids, labels=labels)
+    for key in ("logits", "q_halt_logits", "q_continue_logits", "steps", "loss"):
+        assert torch.equal(before[key], after[key]), key
+
+
+def test_invalid_inputs_raise_clear_errors():
+    model = tiny_model(use_cache=True)  # use_cache is irrelevant here, even with bidirectional=True
+    input_ids, labels = puzzles()
+    model.eval()(input_ids)
+    with pytest.raises(ValueError, match="labels has shape"):
+        model(input_ids, labels=labels[:, :5])
+    bad = input_ids.clone()
+    bad[1, 2] = 12
+    with pytest.raises(ValueError, match=r"input_ids\[1, 2\] = 12"):
+        model(bad)
+    with pytest.raises(ValueError, match="labels"):
+        model(input_ids, labels=torch.full_like(labels, -5))
+
+
+def test_tiny_model_overfits_four_reversal_puzzles():
+    torch.manual_seed(0)
+    config = HierMambaConfig(**{**TINY, "halt_max_steps": 2, "loss_type": "stablemax"})
+    model = HierMambaForTokenClassification(config).train()
+    input_ids = torch.randint(1, 12, (4, 8))
+    labels = input_ids.flip(1)  # needs every position to see the others: bidirectional
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        loss = model(input_ids, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        predictions = model(input_ids).logits.argmax(-1)
+    assert (predictions == labels).all(-1).all(), (predictions, labels)  # all four exactly right (at ~70 steps)
+
+
+# --------------------------------------------------------------------------- scripts/task_puzzle.py
+def load_task_module():
+    path = Path(__file__).resolve().parents[1] / "scripts" / "task_puzzle.py"
+    spec = importlib.util.spec_from_file_location("task_puzzle", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("task_puzzle", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_puzzle_metrics_collate_and_demo():
+    task = load_task_module()
+    labels = np.array([[2, 3, -100], [4, 4, 4]])
+    predictions = np.array([[2, 3, 9], [4, 5, 4]])
+    logits = np.eye(12)[predictions]  # (2, 3, 12), argmax = predictions
+    metrics = task.compute_metrics(SimpleNamespace(predictions=(logits, None, None, np.array([2, 4])), label_ids=labels))
+    assert metrics == {"cell_accuracy": 4 / 5, "exact_accuracy": 0.5, "mean_steps": 3.0}
+    train, test = task.build_datasets({"task": "maze", "n_train": 3, "n_test": 2, "size": 7}, seed=0)
+    assert len(train) == 3 and len(test) == 2
+    batch = task.collate([test[0], test[1]])
+    assert batch["input_ids"].shape == batch["labels"].shape == (2, 49)
+    model = task.build_model({**TINY, "vocab_size": 6, "halt_max_steps": 2})
+    text = task.demo(model, test, {"task": "maze"})
+    assert "prediction" in text and test.render(test[0]["labels"]) in text
+    with pytest.raises(ValueError, match="unknown data keys"):
+        task.build_datasets({"task": "maze", "n_train": 1, "n_test": 1, "givens": 3}, seed=0)
