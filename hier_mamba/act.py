@@ -88,7 +88,7 @@ def sequence_is_correct(logits: torch.Tensor, labels: torch.Tensor, ignore_index
 def q_learning_targets(
     next_q_halt_logits: torch.Tensor, next_q_continue_logits: torch.Tensor, is_last_step: torch.Tensor | bool
 ) -> torch.Tensor:
-    """HRM's target for q_continue: sigmoid(next q_halt) at the last step, else sigmoid(max(next q_halt, next q_continue)).
+    """HRM's target for q_continue: sigmoid(next q_halt) at the last step, else sigmoid(max of the next Q logits).
 
     next_q_*_logits: (b,) Q logits of the segment *after* the one being trained (no gradient is
     wanted through them: pass detached values). is_last_step: (b,) bool or a bool. Returns (b,) in (0, 1).

@@ -153,9 +153,9 @@ class HierMambaForTokenClassification(HierMambaPreTrainedModel):
         self._check_inputs(input_ids, labels, attention_mask)
         x = self.model.get_input_embeddings()(input_ids)  # (b, l, d)
         batch = x.shape[0]
-        # 2. Exploration: the minimum number of segments of each sequence (training only).
-        exploration = self.config.halt_exploration_prob if self.training else 0.0
-        min_halt_steps = draw_min_halt_steps(batch, max_steps, exploration, device=x.device)  # (b,)
+        # 2. Exploration: the minimum number of segments of each sequence (training only: eval draws nothing).
+        min_halt_steps = (draw_min_halt_steps(batch, max_steps, self.config.halt_exploration_prob, device=x.device)
+                          if self.training else None)  # (b,)
         # 3. Segments until every sequence halted; finish each segment's loss when the next Q is known.
         halted = torch.zeros(batch, dtype=torch.bool, device=x.device)  # (b,)
         steps = torch.zeros(batch, dtype=torch.long, device=x.device)  # (b,)
@@ -255,7 +255,8 @@ class HierMambaForTokenClassification(HierMambaPreTrainedModel):
         check_token_ids("input_ids", input_ids, self.config.vocab_size)
         if labels is not None:
             if labels.shape != input_ids.shape:
-                raise ValueError(f"labels has shape {tuple(labels.shape)}, expected input_ids' {tuple(input_ids.shape)}")
+                raise ValueError(f"labels has shape {tuple(labels.shape)}, "
+                                 f"expected input_ids' {tuple(input_ids.shape)}")
             check_token_ids("labels", labels, self.config.vocab_size, ignore_index=IGNORE_INDEX)
         if attention_mask is not None and attention_mask.shape != input_ids.shape:
             raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, "

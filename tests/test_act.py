@@ -1,6 +1,7 @@
 """ACT and deep supervision: the math of act.py, HierMambaForTokenClassification, and the puzzle task module."""
 
 import importlib.util
+import json
 import math
 import sys
 from pathlib import Path
@@ -93,7 +94,8 @@ def test_halting_decision_in_training_and_both_evaluation_modes():
     assert train.tolist() == [True, False, False]  # the third wants to halt but must reach step 3
     assert halting_decision(4, 4, q_halt, q_continue, training=True, min_halt_steps=minimum).all()
     assert not halting_decision(2, 4, q_halt, q_continue, training=False, eval_mode="max_steps").any()
-    assert halting_decision(2, 4, q_halt, q_continue, training=False, eval_mode="q_halt").tolist() == [True, False, True]
+    q_halt_eval = halting_decision(2, 4, q_halt, q_continue, training=False, eval_mode="q_halt")
+    assert q_halt_eval.tolist() == [True, False, True]
     with pytest.raises(ValueError, match="step"):
         halting_decision(5, 4, q_halt, q_continue, training=True)
 
@@ -274,6 +276,18 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path):
         assert torch.equal(before[key], after[key]), key
 
 
+def test_right_padding_with_attention_mask_changes_nothing_for_the_real_tokens():
+    model = tiny_model(halt_max_steps=2).eval()
+    set_q_head(model, weight_std=1.0)  # the Q logits depend on the (masked) pooling
+    input_ids, labels = puzzles(batch=1)
+    padded = F.pad(input_ids, (0, 4))
+    mask = (torch.arange(14) < 10).long()[None]
+    with torch.no_grad():
+        plain, masked = model(input_ids), model(padded, attention_mask=mask)
+    torch.testing.assert_close(masked.logits[:, :10], plain.logits)
+    torch.testing.assert_close(masked.q_halt_logits, plain.q_halt_logits)
+
+
 def test_invalid_inputs_raise_clear_errors():
     model = tiny_model(use_cache=True)  # use_cache is irrelevant here, even with bidirectional=True
     input_ids, labels = puzzles()
@@ -306,22 +320,27 @@ def test_tiny_model_overfits_four_reversal_puzzles():
     assert (predictions == labels).all(-1).all(), (predictions, labels)  # all four exactly right (at ~70 steps)
 
 
-# --------------------------------------------------------------------------- scripts/task_puzzle.py
-def load_task_module():
-    path = Path(__file__).resolve().parents[1] / "scripts" / "task_puzzle.py"
-    spec = importlib.util.spec_from_file_location("task_puzzle", path)
+# ------------------------------------------------------------ scripts/task_puzzle.py, scripts/evaluate.py
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def load_script(name: str):
+    """Import scripts/<name>.py (scripts/ is not a package; evaluate.py imports task_puzzle from there)."""
+    if str(SCRIPTS) not in sys.path:
+        sys.path.insert(0, str(SCRIPTS))
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("task_puzzle", module)
     spec.loader.exec_module(module)
     return module
 
 
 def test_puzzle_metrics_collate_and_demo():
-    task = load_task_module()
+    task = load_script("task_puzzle")
     labels = np.array([[2, 3, -100], [4, 4, 4]])
     predictions = np.array([[2, 3, 9], [4, 5, 4]])
     logits = np.eye(12)[predictions]  # (2, 3, 12), argmax = predictions
-    metrics = task.compute_metrics(SimpleNamespace(predictions=(logits, None, None, np.array([2, 4])), label_ids=labels))
+    eval_pred = SimpleNamespace(predictions=(logits, None, None, np.array([2, 4])), label_ids=labels)
+    metrics = task.compute_metrics(eval_pred)
     assert metrics == {"cell_accuracy": 4 / 5, "exact_accuracy": 0.5, "mean_steps": 3.0}
     train, test = task.build_datasets({"task": "maze", "n_train": 3, "n_test": 2, "size": 7}, seed=0)
     assert len(train) == 3 and len(test) == 2
@@ -332,3 +351,20 @@ def test_puzzle_metrics_collate_and_demo():
     assert "prediction" in text and test.render(test[0]["labels"]) in text
     with pytest.raises(ValueError, match="unknown data keys"):
         task.build_datasets({"task": "maze", "n_train": 1, "n_test": 1, "givens": 3}, seed=0)
+
+
+def test_evaluate_script_reports_accuracy_per_segment_count(tmp_path, capsys):
+    evaluate = load_script("evaluate")
+    model = evaluate.task_puzzle.build_model({**TINY, "vocab_size": 6, "halt_max_steps": 2})
+    model.save_pretrained(tmp_path / "model")
+    config = tmp_path / "run.yaml"
+    config.write_text("task: maze\nseed: 0\ndata: {task: maze, n_train: 1, n_test: 3, size: 7}\n")
+    evaluate.main(["--model", str(tmp_path / "model"), "--config", str(config), "--segments", "1", "3",
+                   "--json", str(tmp_path / "results.json")])
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["test_puzzles"] == 3 and results["trained_segments"] == 2
+    assert sorted(results["max_steps"]) == sorted(results["q_halt"]) == ["1", "2", "3"]
+    assert results["max_steps"]["3"]["mean_steps"] == 3.0
+    assert 1.0 <= results["q_halt"]["3"]["mean_steps"] <= 3.0
+    assert 0.0 <= results["max_steps"]["2"]["cell_accuracy"] <= 1.0
+    assert "test puzzles" in capsys.readouterr().out
