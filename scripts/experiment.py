@@ -1,0 +1,127 @@
+"""Run a grid of model variants on a puzzle task under one training budget and tabulate accuracy.
+
+    python scripts/experiment.py --config configs/maze_tiny.yaml --grid configs/grids/architectures.yaml \
+        --out docs/results/maze_architectures.json [--budget-s 180] [--max-steps N] [--parallel 2]
+
+The grid YAML maps a variant name to overrides of the base config's `model:` (and optionally
+`training:`) sections. Every variant trains with HF Trainer on the same data, seed and budget (a wall
+clock limit and/or a step limit), then is evaluated on the test split at several numbers of ACT
+segments. Results (accuracy, parameters, steps done, seconds, peak RSS) go to a JSON file; use
+scripts/plot_results.py to turn them into tables and PNGs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import multiprocessing
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import task_puzzle  # noqa: E402  (scripts/ is not a package)
+
+
+class TimeBudget(TrainerCallback):
+    """Stop training once ``seconds`` of wall clock have passed (checked after every step)."""
+
+    def __init__(self, seconds: float | None):
+        self.seconds, self.start = seconds, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.seconds is not None and time.perf_counter() - self.start > self.seconds:
+            control.should_training_stop = True
+
+
+@torch.no_grad()
+def accuracy_at_segments(model, dataset, segments: list[int], batch_size: int = 64) -> dict[int, dict[str, float]]:
+    """Cell and exact (whole puzzle) accuracy on ``dataset`` when running each number of segments."""
+    model.eval()
+    results = {}
+    for count in segments:
+        cells = exact = total_cells = total = 0
+        for start in range(0, len(dataset), batch_size):
+            batch = task_puzzle.collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+            logits = model(input_ids=batch["input_ids"], num_segments=count).logits
+            correct = (logits.argmax(-1) == batch["labels"]) | (batch["labels"] == -100)
+            cells += int(correct.sum()) - int((batch["labels"] == -100).sum())
+            total_cells += int((batch["labels"] != -100).sum())
+            exact += int(correct.all(-1).sum())
+            total += len(batch["labels"])
+        results[count] = {"cell_accuracy": cells / total_cells, "exact_accuracy": exact / total}
+    return results
+
+
+def run_variant(name: str, base: dict, overrides: dict, budget_s: float | None, max_steps: int | None,
+                segments: list[int], threads: int) -> dict:
+    """Train one variant and evaluate it. Runs in its own process when --parallel > 1."""
+    torch.set_num_threads(threads)
+    config = copy.deepcopy(base)
+    config["model"].update(overrides.get("model", {}))
+    config["training"].update(overrides.get("training", {}))
+    if max_steps is not None:
+        config["training"]["max_steps"] = max_steps
+    set_seed(config.get("seed", 0))
+    train_set, test_set = task_puzzle.build_datasets(config["data"], config.get("seed", 0))
+    model = task_puzzle.build_model(config["model"])
+    training = {**config["training"], "save_strategy": "no", "eval_strategy": "no", "report_to": [],
+                "disable_tqdm": True, "use_cpu": True, "seed": config.get("seed", 0)}
+    args = TrainingArguments(output_dir=f"/tmp/hier_mamba_experiment/{name}", **training)
+    trainer = Trainer(model=model, args=args, train_dataset=train_set, data_collator=task_puzzle.collate,
+                      callbacks=[TimeBudget(budget_s)])
+    start = time.perf_counter()
+    output = trainer.train()
+    seconds = time.perf_counter() - start
+    return {
+        "name": name,
+        "overrides": overrides,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "train_steps": trainer.state.global_step,
+        "train_seconds": round(seconds, 1),
+        "train_loss": round(output.training_loss, 4),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "accuracy": accuracy_at_segments(model, test_set, segments),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="base YAML (task, model, data, training, seed)")
+    parser.add_argument("--grid", required=True, help="YAML: variant name -> {model: {...}, training: {...}}")
+    parser.add_argument("--out", required=True, help="JSON file for the results")
+    parser.add_argument("--budget-s", type=float, default=None, help="wall-clock training budget per variant")
+    parser.add_argument("--max-steps", type=int, default=None, help="training steps per variant")
+    parser.add_argument("--segments", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    parser.add_argument("--parallel", type=int, default=1, help="variants trained at once (one thread each)")
+    args = parser.parse_args()
+    base = yaml.safe_load(Path(args.config).read_text())
+    grid = yaml.safe_load(Path(args.grid).read_text())
+    jobs = [(name, base, overrides or {}, args.budget_s, args.max_steps, args.segments,
+             1 if args.parallel > 1 else torch.get_num_threads()) for name, overrides in grid.items()]
+    if args.parallel > 1:
+        with multiprocessing.get_context("spawn").Pool(args.parallel) as pool:
+            results = pool.starmap(run_variant, jobs)
+    else:
+        results = [run_variant(*job) for job in jobs]
+    record = {"config": args.config, "grid": args.grid, "budget_s": args.budget_s, "max_steps": args.max_steps,
+              "command": " ".join(sys.argv), "torch": torch.__version__, "results": results}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(record, indent=2))
+    for result in results:
+        accuracy = ", ".join(f"{k} seg: {v['exact_accuracy']:.3f} exact / {v['cell_accuracy']:.3f} cell"
+                             for k, v in result["accuracy"].items())
+        print(f"{result['name']:>24}  params={result['parameters']}  steps={result['train_steps']}  {accuracy}")
+
+
+if __name__ == "__main__":
+    main()
