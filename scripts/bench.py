@@ -1,0 +1,399 @@
+"""Benchmarks of hier_mamba, each against a transformers peer measured in the same process.
+
+    python scripts/bench.py all    [--device cpu|cuda] [--plots docs/img] [--json results.json]
+    python scripts/bench.py mixer  # fwd+bwd tokens/s: Mamba1Mixer / Mamba2Mixer vs MambaMixer / Mamba2Mixer
+    python scripts/bench.py decode # ms/token at contexts 128..8192, cache bytes, vs HrmTextForCausalLM
+    python scripts/bench.py memory # peak training memory and step time vs cycles, per gradient setting
+
+Timings: best of several repetitions (robust on a shared machine), synchronized on CUDA. `memory` runs
+each point in a fresh process: peak bytes allocated in a training step (profiler memory events on CPU,
+max_memory_allocated on CUDA), bytes saved for backward (saved_tensors_hooks), peak-RSS growth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import transformers
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from hier_mamba import HierMambaConfig, HierMambaForCausalLM  # noqa: E402
+from hier_mamba.mixers import MIXER_CLASSES  # noqa: E402
+
+CYCLES = [(1, 1), (1, 2), (2, 2), (2, 4), (4, 4)]  # H_cycles x L_cycles = 1 .. 16
+GRADIENT_SETTINGS = {  # name -> HierMambaConfig overrides
+    "one-step (bptt_steps=2)": dict(bptt_steps=2),
+    "full BPTT (bptt_steps=None)": dict(bptt_steps=None),
+    "full BPTT + checkpoint_cycles": dict(bptt_steps=None, checkpoint_cycles=True),
+}
+
+
+# helpers ---------------------------------------------------------------------------------------
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device) -> float:
+    """Seconds of one call of fn, synchronized before and after."""
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    name = next((l.split(":", 1)[1].strip() for l in cpuinfo.splitlines() if l.startswith("model name")),
+                platform.processor() or platform.machine())
+    return f"{name}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
+def mib(n: float) -> str:
+    return f"{n / 2**20:.1f}"
+
+
+# 1. mixer: forward + backward throughput against transformers' mixers with the same weights
+def mixer_pair(kind: str, d: int, chunk_size: int, backend: str):
+    """Our mixer and transformers' with our weights loaded (strict: every parameter name matches)."""
+    from transformers import Mamba2Config, MambaConfig
+    from transformers.models.mamba.modeling_mamba import MambaMixer
+    from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer
+    state = 16 if kind == "mamba1" else 64
+    config = HierMambaConfig(hidden_size=d, mixer=kind, state_size=state, expand=2, conv_kernel=4, head_dim=64,
+                             n_groups=1, chunk_size=chunk_size, ssm_backend=backend)
+    ours = MIXER_CLASSES[kind](config)
+    if kind == "mamba1":
+        peer_config = MambaConfig(hidden_size=d, state_size=state, expand=2, conv_kernel=4,
+                                  time_step_rank=config.time_step_rank, num_hidden_layers=1)
+        theirs = MambaMixer(peer_config, layer_idx=0)
+    else:
+        peer_config = Mamba2Config(hidden_size=d, state_size=state, expand=2, conv_kernel=4, head_dim=64,
+                                   num_heads=config.num_heads, n_groups=1, chunk_size=chunk_size, num_hidden_layers=1,
+                                   layer_norm_epsilon=config.rms_norm_eps)
+        theirs = Mamba2Mixer(peer_config, layer_idx=0)
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    return ours, theirs
+
+
+def fwd_bwd(module, x: torch.Tensor, grad_out: torch.Tensor) -> None:
+    module.zero_grad(set_to_none=True)
+    x.grad = None
+    out = module(x)
+    (out[0] if isinstance(out, tuple) else out).backward(grad_out)
+
+
+def bench_mixer(args, device) -> dict:
+    b, l, d = args.batch, args.length, 256
+    torch.manual_seed(0)
+    x = torch.randn(b, l, d, device=device, requires_grad=True)
+    grad_out = torch.randn(b, l, d, device=device)
+    rows, results = [], {}
+    for kind, chunk, peer_name in [("mamba1", 64, "MambaMixer"), ("mamba2", 64, "Mamba2Mixer"),
+                                   ("mamba2", 256, "Mamba2Mixer")]:
+        name = f"{kind} (chunk {chunk})" if kind == "mamba2" else kind
+        ours, theirs = mixer_pair(kind, d, chunk, args.backend)
+        ours, theirs = ours.to(device).train(), theirs.to(device).train()  # train: the peers' training path
+        with torch.no_grad():
+            diff = (ours(x)[0] - theirs(x)).abs().max().item()
+        print(f"[mixer] {name}: max |ours - {peer_name}| forward = {diff:.2e}", flush=True)
+        if not diff < 1e-3:
+            raise SystemExit(f"{name}: outputs differ by {diff:.2e}; not timing a different computation")
+        fwd_bwd(ours, x, grad_out)  # warm-up
+        our_grad = x.grad.clone()
+        our_times = [timed(lambda: fwd_bwd(ours, x, grad_out), device) for _ in range(args.reps)]
+        # The peer's eager Mamba1 scan indexes dA[:, :, t] per step (O(l^2) backward): time it within a budget.
+        peer_times, budget_start = [], time.perf_counter()  # (the best-of also drops a cold first repetition)
+        while not peer_times or (len(peer_times) < args.reps and time.perf_counter() - budget_start < args.peer_budget_s):
+            peer_times.append(timed(lambda: fwd_bwd(theirs, x, grad_out), device))
+        grad_diff = (x.grad - our_grad).abs().max().item()
+        ours_tps, theirs_tps = b * l / min(our_times), b * l / min(peer_times)
+        results[name] = dict(peer=peer_name, fwd_diff=diff, grad_diff=grad_diff, ours_s=our_times, peer_s=peer_times,
+                             ours_tok_s=ours_tps, peer_tok_s=theirs_tps, speedup=ours_tps / theirs_tps)
+        rows.append([name, peer_name, f"{diff:.1e}", f"{grad_diff:.1e}", f"{ours_tps:,.0f}", f"{theirs_tps:,.0f}",
+                     f"{ours_tps / theirs_tps:.1f}x", f"{len(our_times)}/{len(peer_times)}"])
+        print(f"[mixer] {name}: ours {ours_tps:,.0f} tok/s, {peer_name} {theirs_tps:,.0f} tok/s", flush=True)
+    print(f"\nforward+backward, b={b}, l={l}, d={d}, fp32, best of reps")
+    print(table(["ours", "peer", "max abs diff fwd", "max abs diff dx", "ours tok/s", "peer tok/s", "speedup",
+                 "reps ours/peer"], rows))
+    m2 = results["mamba2 (chunk 64)"]["ours_tok_s"] / results["mamba2 (chunk 256)"]["ours_tok_s"]
+    print(f"\nours mamba2 chunk 64 vs 256: {m2:.2f}x")
+    return results
+
+
+# 2. decode: per-token latency and cache size vs context, against HrmText's KV cache
+def decode_models(device, backend: str, max_positions: int):
+    from transformers import HrmTextConfig, HrmTextForCausalLM
+
+    ours = HierMambaForCausalLM(HierMambaConfig(
+        vocab_size=256, hidden_size=256, H_layers=2, L_layers=2, H_cycles=2, L_cycles=2, mixer="mamba2",
+        state_size=64, head_dim=64, ssm_backend=backend))
+    peer = HrmTextForCausalLM(HrmTextConfig(
+        vocab_size=256, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+        head_dim=64, H_cycles=2, L_cycles=2, L_bp_cycles=[2], max_position_embeddings=max_positions,
+        prefix_lm=False, pad_token_id=0))
+    return {"ours": ours.to(device).eval(), "HrmText": peer.to(device).eval()}
+
+
+def cache_bytes(cache) -> int:
+    if hasattr(cache, "nbytes"):
+        return cache.nbytes()
+    return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values)
+               if isinstance(t, torch.Tensor))
+
+
+def bench_decode(args, device) -> dict:
+    contexts = args.contexts
+    models = decode_models(device, args.backend, max(contexts) + (args.reps + 2) * args.decode_tokens + 16)
+    params = {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()}
+    torch.manual_seed(0)
+    state, results = {}, {name: {} for name in models}
+    with torch.no_grad():
+        for ctx in contexts:  # 1. prefill every context once (the caches are kept for stepping)
+            ids = torch.randint(1, 256, (1, ctx), device=device)
+            for name, model in models.items():
+                out = {}
+                seconds = timed(lambda: out.update(o=model(ids, use_cache=True)), device)
+                cache, nxt = out["o"].cache, out["o"].logits[:, -1:].argmax(-1)
+                results[name][ctx] = dict(prefill_s=seconds, cache_bytes=cache_bytes(cache), ms=[])
+                state[name, ctx] = [cache, nxt]
+                print(f"[decode] {name} prefill {ctx}: {seconds:.2f} s, cache {mib(cache_bytes(cache))} MiB", flush=True)
+
+        def steps(name, ctx, n):
+            cache, nxt = state[name, ctx]
+            for _ in range(n):
+                nxt = models[name](nxt, cache=cache, use_cache=True).logits[:, -1:].argmax(-1)
+            state[name, ctx][1] = nxt
+
+        for name, ctx in itertools.product(models, contexts):  # 2. warm-up
+            steps(name, ctx, 2)
+        for _ in range(args.reps):  # 3. round-robin so that machine load hits every point alike
+            for ctx, name in itertools.product(contexts, models):
+                seconds = timed(lambda: steps(name, ctx, args.decode_tokens), device)
+                results[name][ctx]["ms"].append(1e3 * seconds / args.decode_tokens)
+    rows = []
+    for ctx in contexts:
+        o, p = results["ours"][ctx], results["HrmText"][ctx]
+        o["ms_best"], p["ms_best"] = min(o["ms"]), min(p["ms"])
+        o["ms_median"], p["ms_median"] = statistics.median(o["ms"]), statistics.median(p["ms"])
+        rows.append([ctx, f"{o['ms_best']:.2f}", f"{o['ms_median']:.2f}", f"{p['ms_best']:.2f}", f"{p['ms_median']:.2f}",
+                     f"{o['cache_bytes']:,}", f"{p['cache_bytes']:,}", f"{p['cache_bytes'] / o['cache_bytes']:.1f}x",
+                     f"{o['prefill_s']:.2f}", f"{p['prefill_s']:.2f}"])
+    print(f"\nbatch 1, fp32; params ours {params['ours']:,}, HrmText {params['HrmText']:,}; "
+          f"{args.reps} rounds x {args.decode_tokens} tokens")
+    print(table(["context", "ours ms/tok (best)", "ours ms/tok (median)", "HrmText ms/tok (best)",
+                 "HrmText ms/tok (median)", "ours cache B", "HrmText cache B", "cache ratio", "ours prefill s",
+                 "HrmText prefill s"], rows))
+    lo, hi = contexts[0], contexts[-1]
+    for name in models:
+        r = results[name]
+        flat_best, flat_median = r[hi]["ms_best"] / r[lo]["ms_best"], r[hi]["ms_median"] / r[lo]["ms_median"]
+        r["flatness"] = dict(best=flat_best, median=flat_median)
+        print(f"{name}: ms/token at {hi} / at {lo} = {flat_best:.2f} (best), {flat_median:.2f} (median)")
+    return dict(params=params, **{name: {str(k): v for k, v in r.items()} for name, r in results.items()})
+
+
+# 3. memory: peak training memory and step time vs cycles (each point in a fresh process)
+def rss_bytes(field: str, reset_peak: bool = False) -> int:
+    """VmRSS (current) or VmHWM (peak) of this process; reset_peak first resets VmHWM (Linux clear_refs 5)."""
+    try:
+        if reset_peak:
+            Path("/proc/self/clear_refs").write_text("5")
+        line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(field + ":"))
+        return int(line.split()[1]) * 1024  # kB
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB; lifetime peak
+
+
+def memory_worker(spec: dict) -> dict:
+    """One configuration: train steps of HierMambaForCausalLM; returns memory and time measurements."""
+    device = torch.device(spec["device"])
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    torch.manual_seed(0)
+    config = HierMambaConfig(vocab_size=256, hidden_size=256, H_layers=2, L_layers=2, mixer="mamba2", state_size=64,
+                             head_dim=64, H_cycles=spec["H"], L_cycles=spec["L"], ssm_backend=spec["backend"],
+                             **spec["setting"])
+    model = HierMambaForCausalLM(config).to(device).train()
+    ids = torch.randint(1, 256, (spec["batch"], spec["length"]), device=device)
+    param_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved = {}
+
+    def pack(t):  # count each storage saved for backward once; parameters are not activations
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in param_ptrs:
+            saved[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        model(ids, labels=ids).loss.backward()
+
+    rss_before = rss_bytes("VmRSS", reset_peak=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step()  # also the warm-up
+    rss_growth = rss_bytes("VmHWM") - rss_before
+    times = [timed(step, device) for _ in range(spec["reps"])]
+    model.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        step()
+        sync(device)
+        peak = torch.cuda.max_memory_allocated(device) - base
+    else:
+        from torch.profiler import profile
+
+        with profile(profile_memory=True) as prof:
+            step()
+        events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
+                         and e.device_type() == torch.autograd.DeviceType.CPU), key=lambda e: e.start_ns())
+        peak = max(itertools.accumulate((e.nbytes() for e in events), initial=0))  # +alloc / -free, in time order
+    return dict(peak_bytes=peak, saved_bytes=sum(saved.values()), rss_growth_bytes=rss_growth,
+                step_s=min(times), step_s_all=times, invocations=config.num_invocations)
+
+
+def bench_memory(args, device) -> dict:
+    results = {}
+    for setting_name, setting in GRADIENT_SETTINGS.items():
+        results[setting_name] = []
+        for H, L in CYCLES:
+            spec = dict(device=str(device), backend=args.backend, H=H, L=L, setting=setting, batch=args.batch,
+                        length=args.memory_length, reps=args.memory_reps, threads=args.threads)
+            run = subprocess.run([sys.executable, __file__, "memory-worker", json.dumps(spec)], capture_output=True,
+                                 text=True, check=False)
+            if run.returncode:
+                raise SystemExit(f"memory worker failed for {spec}:\n{run.stderr[-3000:]}")
+            point = dict(H=H, L=L, **json.loads(run.stdout.strip().splitlines()[-1]))
+            results[setting_name].append(point)
+            print(f"[memory] {setting_name} H={H} L={L}: peak {mib(point['peak_bytes'])} MiB, saved "
+                  f"{mib(point['saved_bytes'])} MiB, step {point['step_s']:.2f} s", flush=True)
+    print(f"\nHierMambaForCausalLM hidden 256, H_layers=L_layers=2, mamba2, b={args.batch}, l={args.memory_length}; "
+          "ratios vs H_cycles x L_cycles = 1")
+    for setting_name, points in results.items():
+        first = points[0]
+        rows = [[f"{p['H']}x{p['L']}", p["H"] * p["L"], p["invocations"],
+                 mib(p["peak_bytes"]), f"{p['peak_bytes'] / first['peak_bytes']:.2f}",
+                 *(["n/a", "n/a"] if "checkpoint" in setting_name else  # checkpoint's own hooks hide its saves
+                   [mib(p["saved_bytes"]), f"{p['saved_bytes'] / first['saved_bytes']:.2f}"]),
+                 mib(p["rss_growth_bytes"]), f"{p['step_s']:.2f}", f"{p['step_s'] / first['step_s']:.2f}"]
+                for p in points]
+        print(f"\n{setting_name}")
+        print(table(["H x L", "cycles", "invocations", "peak MiB", "peak ratio", "saved-for-bwd MiB", "saved ratio",
+                     "peak RSS growth MiB", "step s", "step ratio"], rows))
+    return results
+
+
+# plots -----------------------------------------------------------------------------------------
+def plot(results: dict, out_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def save(fig, path: Path) -> None:
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if "mixer" in results:
+        r = results["mixer"]
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for shift, key, label in [(-0.2, "ours_tok_s", "hier_mamba"), (0.2, "peer_tok_s", "transformers")]:
+            ax.bar([i + shift for i in range(len(r))], [v[key] for v in r.values()], 0.4, label=label)
+        for i, v in enumerate(r.values()):
+            ax.text(i, v["ours_tok_s"], f"{v['speedup']:.1f}x", ha="center", va="bottom")
+        ax.set_xticks(range(len(r)), list(r))
+        ax.set(yscale="log", ylabel="tokens/s, forward+backward", title="Mixer throughput (same weights)")
+        ax.legend()
+        save(fig, out_dir / "bench_mixer.png")
+    if "decode" in results:
+        r = results["decode"]
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+        for name, label in [("ours", "hier_mamba"), ("HrmText", "HrmText (KV cache)")]:
+            ctx = sorted(int(k) for k in r[name] if k.isdigit())
+            a1.plot(ctx, [r[name][str(c)]["ms_best"] for c in ctx], "o-", label=label)
+            a2.plot(ctx, [r[name][str(c)]["cache_bytes"] / 2**20 for c in ctx], "o-", label=label)
+        a1.set(xscale="log", xlabel="context (tokens)", ylabel="ms / token (best)", title="Decode latency", ylim=(0, None))
+        a2.set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="cache MiB", title="Cache size")
+        a1.legend(), a2.legend()
+        save(fig, out_dir / "bench_decode.png")
+    if "memory" in results:
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+        for name, points in results["memory"].items():  # x: stack invocations = H_cycles * (L_cycles + 1)
+            calls = [p["invocations"] for p in points]
+            a1.plot(calls, [p["peak_bytes"] / 2**20 for p in points], "o-", label=name)
+            a2.plot(calls, [p["step_s"] for p in points], "o-", label=name)
+        a1.set(ylabel="peak MiB allocated in a step", title="Training memory", ylim=(0, None))
+        a2.set(ylabel="s / step", title="Step time", ylim=(0, None))
+        for ax in (a1, a2):
+            ax.set(xlabel="stack invocations H_cycles*(L_cycles+1); label H x L")
+            ax.set_xticks(calls, [f"{p['H']}x{p['L']}" for p in points], rotation=60, fontsize=8)
+        a1.legend(fontsize=8)
+        save(fig, out_dir / "bench_memory.png")
+
+
+def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "memory-worker":  # internal: one memory point, JSON on stdout
+        print(json.dumps(memory_worker(json.loads(sys.argv[2]))))
+        return
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("section", choices=["mixer", "decode", "memory", "all"])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--backend", default="auto", choices=["auto", "torch", "cuda"], help="hier_mamba ssm_backend")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--length", type=int, default=1024, help="mixer sequence length")
+    parser.add_argument("--reps", type=int, default=7, help="timed repetitions (mixer) / rounds (decode)")
+    parser.add_argument("--peer-budget-s", type=float, default=60.0,
+                        help="mixer: stop timing a peer after this many seconds (at least one repetition)")
+    parser.add_argument("--contexts", type=int, nargs="+", default=[128, 1024, 8192])
+    parser.add_argument("--decode-tokens", type=int, default=16, help="tokens per timed decode round")
+    parser.add_argument("--memory-length", type=int, default=256)
+    parser.add_argument("--memory-reps", type=int, default=3)
+    parser.add_argument("--plots", type=Path, help="folder for bench_*.png (e.g. docs/img)")
+    parser.add_argument("--json", type=Path, help="write all results to this JSON file")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device visible to torch")
+    print(f"# {' '.join(sys.argv)}\n# {machine(device)}; torch {torch.__version__}, transformers "
+          f"{transformers.__version__}, python {platform.python_version()}", flush=True)
+    benches = {"mixer": bench_mixer, "decode": bench_decode, "memory": bench_memory}
+    results = {}
+    for section in list(benches) if args.section == "all" else [args.section]:
+        start = time.perf_counter()
+        print(f"\n## {section}", flush=True)
+        results[section] = benches[section](args, device)
+        print(f"({section}: {time.perf_counter() - start:.0f} s)", flush=True)
+    if args.plots:
+        plot(results, args.plots)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
