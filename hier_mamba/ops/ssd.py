@@ -48,29 +48,30 @@ def ssd_chunked(
     pad = (Q - length % Q) % Q
     chunks = (length + pad) // Q
 
-    # 1. Discretize, pad to whole chunks, split heads into (group, head-in-group).
+    # 1. Discretize, pad to whole chunks; lay out as (b, c, g, ...) so every product below is one
+    #    batched matmul over contiguous blocks.
     dt = discretize_dt(dt, dt_bias, dt_softplus, dt_limit)  # (b, l, h)
     x_dt = F.pad(x.float() * dt.unsqueeze(-1), (0, 0, 0, 0, 0, pad))  # (b, l', h, p)
-    x_dt = x_dt.view(batch, chunks, Q, groups, rep, head_dim)  # (b, c, q, g, r, p)
+    x_dt = x_dt.view(batch, chunks, Q, groups, rep, head_dim).permute(0, 1, 3, 4, 2, 5)  # (b, c, g, r, q, p)
     dA = F.pad(dt * A.float(), (0, 0, 0, pad)).view(batch, chunks, Q, groups, rep)  # (b, c, q, g, r)
-    B = F.pad(B.float(), (0, 0, 0, 0, 0, pad)).view(batch, chunks, Q, groups, state_size)  # (b, c, q, g, n)
-    C = F.pad(C.float(), (0, 0, 0, 0, 0, pad)).view(batch, chunks, Q, groups, state_size)  # (b, c, q, g, n)
-    dA_cum = torch.cumsum(dA, dim=2)  # (b, c, q, g, r): log-decay from the chunk start
+    dA_cum = torch.cumsum(dA.permute(0, 1, 3, 4, 2), dim=-1)  # (b, c, g, r, q): log-decay from the chunk start
+    B = F.pad(B.float(), (0, 0, 0, 0, 0, pad)).view(batch, chunks, Q, groups, state_size).transpose(2, 3)
+    C = F.pad(C.float(), (0, 0, 0, 0, 0, pad)).view(batch, chunks, Q, groups, state_size).transpose(2, 3)
+    x_dt, B, C = x_dt.contiguous(), B.contiguous(), C.contiguous()  # B, C: (b, c, g, q, n)
 
     # 2. Intra-chunk (diagonal blocks): y_q = sum_{s<=q} C_q.B_s exp(cum_q - cum_s) x_s dt_s.
-    decay = _segment_decay(dA_cum)  # (b, c, g, r, q, s)
-    scores = torch.einsum("bcqgn,bcsgn->bcgqs", C, B).unsqueeze(3) * decay  # (b, c, g, r, q, s)
-    y = torch.einsum("bcgrqs,bcsgrp->bcqgrp", scores, x_dt)  # (b, c, q, g, r, p)
+    scores = (C @ B.transpose(-1, -2)).unsqueeze(3) * _segment_decay(dA_cum)  # (b, c, g, r, q, s)
+    y = scores @ x_dt  # (b, c, g, r, q, p)
 
     # 3. Each chunk's own end state, from its inputs alone.
-    to_end = torch.exp(dA_cum[:, :, -1:] - dA_cum)  # (b, c, q, g, r)
-    chunk_states = torch.einsum("bcsgn,bcsgrp->bcgrpn", B, x_dt * to_end.unsqueeze(-1))  # (b, c, g, r, p, n)
+    to_end = torch.exp(dA_cum[..., -1:] - dA_cum)  # (b, c, g, r, q)
+    chunk_states = (x_dt * to_end.unsqueeze(-1)).transpose(-1, -2) @ B.unsqueeze(3)  # (b, c, g, r, p, n)
 
     # 4. Inter-chunk recurrence: the state entering each chunk, and the final state.
     if initial_state is None:
         initial_state = x_dt.new_zeros(batch, heads, head_dim, state_size)
     start = initial_state.float().view(batch, groups, rep, head_dim, state_size)
-    chunk_decay = torch.exp(dA_cum[:, :, -1])[..., None, None]  # (b, c, g, r, 1, 1)
+    chunk_decay = torch.exp(dA_cum[..., -1])[..., None, None]  # (b, c, g, r, 1, 1)
     entering = []
     for decay_c, state_c in zip(chunk_decay.unbind(1), chunk_states.unbind(1)):  # unbind: O(c) backward
         entering.append(start)
@@ -78,8 +79,8 @@ def ssd_chunked(
     entering = torch.stack(entering, dim=1)  # (b, c, g, r, p, n)
 
     # 5. Off-diagonal blocks: the entering state read out by C with the decay since the chunk start.
-    y_off = torch.einsum("bcqgn,bcgrpn->bcqgrp", C, entering) * torch.exp(dA_cum).unsqueeze(-1)
-    y = (y + y_off).reshape(batch, chunks * Q, heads, head_dim)[:, :length]  # (b, l, h, p)
+    y = y + (C.unsqueeze(3) @ entering.transpose(-1, -2)) * torch.exp(dA_cum).unsqueeze(-1)  # (b, c, g, r, q, p)
+    y = y.permute(0, 1, 4, 2, 3, 5).reshape(batch, chunks * Q, heads, head_dim)[:, :length]  # (b, l, h, p)
 
     # 6. Skip connection.
     if D is not None:
@@ -148,10 +149,9 @@ def discretize_dt(dt, dt_bias, softplus: bool, limit: tuple[float, float]) -> to
     return dt
 
 
-def _segment_decay(dA_cum: torch.Tensor) -> torch.Tensor:
-    """exp(cum_q - cum_s) for s <= q, else 0. dA_cum: (b, c, q, g, r) -> (b, c, g, r, q, s)."""
-    cum = dA_cum.permute(0, 1, 3, 4, 2)  # (b, c, g, r, q)
-    diff = cum.unsqueeze(-1) - cum.unsqueeze(-2)  # (b, c, g, r, q, s)
+def _segment_decay(cum: torch.Tensor) -> torch.Tensor:
+    """exp(cum_q - cum_s) for s <= q, else 0. cum: (..., q) -> (..., q, s)."""
+    diff = cum.unsqueeze(-1) - cum.unsqueeze(-2)  # (..., q, s)
     Q = cum.shape[-1]
     causal = torch.ones(Q, Q, dtype=torch.bool, device=cum.device).tril()
     return torch.exp(diff.masked_fill(~causal, float("-inf")))
