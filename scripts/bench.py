@@ -4,10 +4,12 @@
     python scripts/bench.py mixer  # fwd+bwd tokens/s: Mamba1Mixer / Mamba2Mixer vs MambaMixer / Mamba2Mixer
     python scripts/bench.py decode # ms/token at contexts 128..8192, cache bytes, vs HrmTextForCausalLM
     python scripts/bench.py memory # peak training memory and step time vs cycles, per gradient setting
+    python scripts/bench.py credit # the same for the ACT puzzle model, per credit-assignment option, + slopes
 
-Timings: best of several repetitions (robust on a shared machine), synchronized on CUDA. `memory` runs
-each point in a fresh process: peak bytes allocated in a training step (profiler memory events on CPU,
-max_memory_allocated on CUDA), bytes saved for backward (saved_tensors_hooks), peak-RSS growth.
+Timings: best of several repetitions (robust on a shared machine), synchronized on CUDA. `memory` and
+`credit` run each point in a fresh process (scripts/bench_memory.py): peak bytes allocated in a training
+step (profiler memory events on CPU, max_memory_allocated on CUDA), bytes saved for backward
+(saved_tensors_hooks), peak-RSS growth.
 """
 
 from __future__ import annotations
@@ -17,9 +19,7 @@ import itertools
 import json
 import os
 import platform
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,8 +27,10 @@ from pathlib import Path
 import torch
 import transformers
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from hier_mamba import HierMambaConfig, HierMambaForCausalLM  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+from bench_memory import loglog_slope, measure_step, run_worker, timed  # noqa: E402  (scripts/, beside this file)
+from hier_mamba import HierMambaConfig, HierMambaForCausalLM, HierMambaForTokenClassification  # noqa: E402
 from hier_mamba.mixers import MIXER_CLASSES  # noqa: E402
 
 CYCLES = [(1, 1), (1, 2), (2, 2), (2, 4), (4, 4)]  # H_cycles x L_cycles = 1 .. 16
@@ -37,23 +39,20 @@ GRADIENT_SETTINGS = {  # name -> HierMambaConfig overrides
     "full BPTT (bptt_steps=None)": dict(bptt_steps=None),
     "full BPTT + checkpoint_cycles": dict(bptt_steps=None, checkpoint_cycles=True),
 }
+CREDIT_CYCLES = [(1, 2), (2, 2), (2, 4), (4, 4), (4, 8)]  # H_cycles x L_cycles = 2 .. 32
+CREDIT_OPTIONS = {  # credit-assignment option -> HierMambaConfig overrides
+    "one_step": dict(bptt_steps=2),
+    "k3_window": dict(bptt_steps=3),
+    "full_bptt": dict(bptt_steps=None),
+    "full_bptt_sqrt_ckpt": dict(bptt_steps=None, checkpoint_cycles=True),
+    "one_step_h_memory": dict(bptt_steps=2, h_memory_size=4),
+    "one_step_synthetic": dict(bptt_steps=2, synthetic_gradients=True),
+    "full_bptt_synthetic": dict(bptt_steps=None, synthetic_gradients=True),
+}
+CREDIT_BASE = dict(halt_max_steps=2, halt_exploration_prob=0.0)  # no exploration: every run does 2 segments
 
 
 # helpers ---------------------------------------------------------------------------------------
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device: torch.device) -> float:
-    """Seconds of one call of fn, synchronized before and after."""
-    sync(device)
-    start = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - start
-
-
 def table(headers: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -213,96 +212,118 @@ def bench_decode(args, device) -> dict:
     return dict(params=params, **{name: {str(k): v for k, v in r.items()} for name, r in results.items()})
 
 
-# 3. memory: peak training memory and step time vs cycles (each point in a fresh process)
-def rss_bytes(field: str, reset_peak: bool = False) -> int:
-    """VmRSS (current) or VmHWM (peak) of this process; reset_peak first resets VmHWM (Linux clear_refs 5)."""
-    try:
-        if reset_peak:
-            Path("/proc/self/clear_refs").write_text("5")
-        line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(field + ":"))
-        return int(line.split()[1]) * 1024  # kB
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB; lifetime peak
+# 3. memory and 4. credit: peak training memory and step time vs cycles (each point in a fresh process)
+def lm_workload(spec: dict):
+    """HierMambaForCausalLM hidden 256, H_layers = L_layers = 2, mamba2; a step: LM loss on random bytes."""
+    config = HierMambaConfig(vocab_size=256, hidden_size=256, H_layers=2, L_layers=2, mixer="mamba2", state_size=64,
+                             head_dim=64, H_cycles=spec["H"], L_cycles=spec["L"], ssm_backend=spec["backend"],
+                             **spec["setting"])
+    ids = torch.randint(1, 256, (spec["batch"], spec["length"]))
+    return HierMambaForCausalLM(config), dict(input_ids=ids, labels=ids)
+
+
+def puzzle_workload(spec: dict):
+    """HierMambaForTokenClassification (ACT, deep supervision) from a run config's ``model:``, on 11x11 mazes."""
+    import yaml
+    from hier_mamba.data.maze import generate_mazes
+
+    model_cfg = yaml.safe_load(Path(spec["config"]).read_text())["model"]
+    config = HierMambaConfig(**{**model_cfg, "H_cycles": spec["H"], "L_cycles": spec["L"],
+                                "ssm_backend": spec["backend"], **spec["setting"]})
+    mazes = generate_mazes(spec["batch"], size=11, seed=0)
+    grids = {key: torch.stack([torch.from_numpy(getattr(m, key).reshape(-1)).long() for m in mazes])
+             for key in ("inputs", "labels")}  # (b, 121) each
+    return HierMambaForTokenClassification(config), dict(input_ids=grids["inputs"], labels=grids["labels"])
+
+
+WORKLOADS = {"lm": lm_workload, "puzzle": puzzle_workload}
 
 
 def memory_worker(spec: dict) -> dict:
-    """One configuration: train steps of HierMambaForCausalLM; returns memory and time measurements."""
+    """One configuration (run as ``bench.py memory-worker <spec>``): bench_memory.measure_step of a training step."""
     device = torch.device(spec["device"])
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
-    config = HierMambaConfig(vocab_size=256, hidden_size=256, H_layers=2, L_layers=2, mixer="mamba2", state_size=64,
-                             head_dim=64, H_cycles=spec["H"], L_cycles=spec["L"], ssm_backend=spec["backend"],
-                             **spec["setting"])
-    model = HierMambaForCausalLM(config).to(device).train()
-    ids = torch.randint(1, 256, (spec["batch"], spec["length"]), device=device)
-    param_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    saved = {}
-
-    def pack(t):  # count each storage saved for backward once; parameters are not activations
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in param_ptrs:
-            saved[ptr] = t.untyped_storage().nbytes()
-        return t
+    model, batch = WORKLOADS[spec["workload"]](spec)
+    model, batch = model.to(device).train(), {k: v.to(device) for k, v in batch.items()}
+    segments = getattr(model.config, "halt_max_steps", None) if spec["workload"] == "puzzle" else None
 
     def step():
         model.zero_grad(set_to_none=True)
-        model(ids, labels=ids).loss.backward()
+        output = model(**batch)
+        output.loss.backward()
+        if segments is not None and not bool((output.steps == segments).all()):  # the same work in every run
+            raise RuntimeError(f"ACT halted early: steps {output.steps.tolist()}, expected {segments}")
 
-    rss_before = rss_bytes("VmRSS", reset_peak=True)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        step()  # also the warm-up
-    rss_growth = rss_bytes("VmHWM") - rss_before
-    times = [timed(step, device) for _ in range(spec["reps"])]
-    model.zero_grad(set_to_none=True)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        step()
-        sync(device)
-        peak = torch.cuda.max_memory_allocated(device) - base
-    else:
-        from torch.profiler import profile
-
-        with profile(profile_memory=True) as prof:
-            step()
-        events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
-                         and e.device_type() == torch.autograd.DeviceType.CPU), key=lambda e: e.start_ns())
-        peak = max(itertools.accumulate((e.nbytes() for e in events), initial=0))  # +alloc / -free, in time order
-    return dict(peak_bytes=peak, saved_bytes=sum(saved.values()), rss_growth_bytes=rss_growth,
-                step_s=min(times), step_s_all=times, invocations=config.num_invocations)
+    return dict(measure_step(model, step, device, spec["reps"]), invocations=model.config.num_invocations)
 
 
-def bench_memory(args, device) -> dict:
+def sweep(args, device, section: str, workload: str, settings: dict, cycles: list, **spec) -> dict:
+    """{setting name: [one measured point per (H_cycles, L_cycles)]}, each point from a fresh worker process."""
     results = {}
-    for setting_name, setting in GRADIENT_SETTINGS.items():
-        results[setting_name] = []
-        for H, L in CYCLES:
-            spec = dict(device=str(device), backend=args.backend, H=H, L=L, setting=setting, batch=args.batch,
-                        length=args.memory_length, reps=args.memory_reps, threads=args.threads)
-            run = subprocess.run([sys.executable, __file__, "memory-worker", json.dumps(spec)], capture_output=True,
-                                 text=True, check=False)
-            if run.returncode:
-                raise SystemExit(f"memory worker failed for {spec}:\n{run.stderr[-3000:]}")
-            point = dict(H=H, L=L, **json.loads(run.stdout.strip().splitlines()[-1]))
-            results[setting_name].append(point)
-            print(f"[memory] {setting_name} H={H} L={L}: peak {mib(point['peak_bytes'])} MiB, saved "
+    for name, setting in settings.items():
+        results[name] = []
+        for H, L in cycles:
+            point = dict(H=H, L=L, **run_worker(__file__, dict(
+                workload=workload, device=str(device), backend=args.backend, H=H, L=L, setting=setting,
+                reps=args.memory_reps, threads=args.threads, **spec)))
+            results[name].append(point)
+            print(f"[{section}] {name} H={H} L={L}: peak {mib(point['peak_bytes'])} MiB, saved "
                   f"{mib(point['saved_bytes'])} MiB, step {point['step_s']:.2f} s", flush=True)
-    print(f"\nHierMambaForCausalLM hidden 256, H_layers=L_layers=2, mamba2, b={args.batch}, l={args.memory_length}; "
-          "ratios vs H_cycles x L_cycles = 1")
-    for setting_name, points in results.items():
-        first = points[0]
+    return results
+
+
+def cycle_tables(results: dict, settings: dict) -> None:
+    """One table per setting; ratios against its first (smallest) cycle count."""
+    for name, points in results.items():
+        first, hidden = points[0], settings[name].get("checkpoint_cycles")  # checkpoint's own hooks hide its saves
         rows = [[f"{p['H']}x{p['L']}", p["H"] * p["L"], p["invocations"],
                  mib(p["peak_bytes"]), f"{p['peak_bytes'] / first['peak_bytes']:.2f}",
-                 *(["n/a", "n/a"] if "checkpoint" in setting_name else  # checkpoint's own hooks hide its saves
+                 *(["n/a", "n/a"] if hidden else
                    [mib(p["saved_bytes"]), f"{p['saved_bytes'] / first['saved_bytes']:.2f}"]),
                  mib(p["rss_growth_bytes"]), f"{p['step_s']:.2f}", f"{p['step_s'] / first['step_s']:.2f}"]
                 for p in points]
-        print(f"\n{setting_name}")
+        print(f"\n{name}: {settings[name]}")
         print(table(["H x L", "cycles", "invocations", "peak MiB", "peak ratio", "saved-for-bwd MiB", "saved ratio",
                      "peak RSS growth MiB", "step s", "step ratio"], rows))
+
+
+def bench_memory(args, device) -> dict:
+    results = sweep(args, device, "memory", "lm", GRADIENT_SETTINGS, CYCLES, batch=args.batch,
+                    length=args.memory_length)
+    print(f"\nHierMambaForCausalLM hidden 256, H_layers=L_layers=2, mamba2, b={args.batch}, l={args.memory_length}; "
+          "ratios vs H_cycles x L_cycles = 1")
+    cycle_tables(results, GRADIENT_SETTINGS)
     return results
 
+
+def bench_credit(args, device) -> dict:
+    options = {name: {**CREDIT_BASE, **option} for name, option in CREDIT_OPTIONS.items()}
+    points = sweep(args, device, "credit", "puzzle", options, CREDIT_CYCLES, batch=args.credit_batch,
+                   config=str(args.credit_config))
+    print(f"\nHierMambaForTokenClassification from {os.path.relpath(args.credit_config, ROOT)} model:, "
+          f"{CREDIT_BASE}, b={args.credit_batch} mazes of 121 cells; invocations = H_cycles*(L_cycles+1) per "
+          "segment; ratios vs the first row")
+    cycle_tables(points, options)
+    slopes, rows = {}, []
+    for name, pts in points.items():  # exponent p of cost ~ invocations^p
+        x = [p["invocations"] for p in pts]
+        slopes[name] = dict(peak=loglog_slope(x, [p["peak_bytes"] for p in pts]),
+                            peak_top3=loglog_slope(x[-3:], [p["peak_bytes"] for p in pts[-3:]]),
+                            step=loglog_slope(x, [p["step_s"] for p in pts]))
+        rows.append([name, *(f"{slopes[name][k]:.2f}" for k in ("peak", "peak_top3", "step"))])
+    print("\nslope of log(cost) vs log(invocations)")
+    print(table(["option", "peak memory (all points)", "peak memory (3 largest)", "step time (all points)"], rows))
+    overhead = [dict(H=c["H"], L=c["L"], invocations=c["invocations"], time_ratio=c["step_s"] / f["step_s"],
+                     peak_ratio=c["peak_bytes"] / f["peak_bytes"])
+                for f, c in zip(points["full_bptt"], points["full_bptt_sqrt_ckpt"])]
+    print("\nfull_bptt_sqrt_ckpt / full_bptt")
+    print(table(["H x L", "invocations", "step time ratio (recompute overhead)", "peak memory ratio"],
+                [[f"{o['H']}x{o['L']}", o["invocations"], f"{o['time_ratio']:.2f}", f"{o['peak_ratio']:.2f}"]
+                 for o in overhead]))
+    return dict(points=points, slopes=slopes, checkpoint_overhead=overhead, batch=args.credit_batch,
+                config=os.path.relpath(args.credit_config, ROOT), base=CREDIT_BASE)
 
 # plots -----------------------------------------------------------------------------------------
 def plot(results: dict, out_dir: Path) -> None:
@@ -339,19 +360,28 @@ def plot(results: dict, out_dir: Path) -> None:
         a2.set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="cache MiB", title="Cache size")
         a1.legend(), a2.legend()
         save(fig, out_dir / "bench_decode.png")
-    if "memory" in results:
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-        for name, points in results["memory"].items():  # x: stack invocations = H_cycles * (L_cycles + 1)
-            calls = [p["invocations"] for p in points]
-            a1.plot(calls, [p["peak_bytes"] / 2**20 for p in points], "o-", label=name)
-            a2.plot(calls, [p["step_s"] for p in points], "o-", label=name)
-        a1.set(ylabel="peak MiB allocated in a step", title="Training memory", ylim=(0, None))
-        a2.set(ylabel="s / step", title="Step time", ylim=(0, None))
+    def cycles_figure(series: dict, title: str, loglog: bool):
+        """Peak memory and step time against stack invocations, one line per setting."""
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5) if loglog else (10, 4))
+        for i, (name, points) in enumerate(series.items()):  # x: stack invocations = H_cycles * (L_cycles + 1)
+            calls, style = [p["invocations"] for p in points], dict(marker="os^vDxP"[i % 7], ls=["-", "--", ":"][i % 3])
+            a1.plot(calls, [p["peak_bytes"] / 2**20 for p in points], label=name, **style)
+            a2.plot(calls, [p["step_s"] for p in points], label=name, **style)
+        a1.set(ylabel="peak MiB allocated in a step", title=f"{title}: training memory")
+        a2.set(ylabel="s / step (best of reps)", title=f"{title}: step time")
         for ax in (a1, a2):
-            ax.set(xlabel="stack invocations H_cycles*(L_cycles+1); label H x L")
-            ax.set_xticks(calls, [f"{p['H']}x{p['L']}" for p in points], rotation=60, fontsize=8)
+            ax.set(xlabel="stack invocations H_cycles*(L_cycles+1); label H x L",
+                   **(dict(xscale="log", yscale="log") if loglog else dict(ylim=(0, None))))
+            ax.minorticks_off()
+            ax.set_xticks(calls, [f"{p['H']}x{p['L']}\n{p['invocations']}" if loglog else f"{p['H']}x{p['L']}"
+                                  for p in points], rotation=0 if loglog else 60, fontsize=8)
         a1.legend(fontsize=8)
-        save(fig, out_dir / "bench_memory.png")
+        return fig
+
+    if "memory" in results:
+        save(cycles_figure(results["memory"], "HierMambaForCausalLM", loglog=False), out_dir / "bench_memory.png")
+    if "credit" in results:
+        save(cycles_figure(results["credit"]["points"], "ACT puzzle model", loglog=True), out_dir / "credit_cost.png")
 
 
 def main() -> None:
@@ -359,7 +389,7 @@ def main() -> None:
         print(json.dumps(memory_worker(json.loads(sys.argv[2]))))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("section", choices=["mixer", "decode", "memory", "all"])
+    parser.add_argument("section", choices=["mixer", "decode", "memory", "credit", "all"])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--backend", default="auto", choices=["auto", "torch", "cuda"], help="hier_mamba ssm_backend")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
@@ -371,8 +401,11 @@ def main() -> None:
     parser.add_argument("--contexts", type=int, nargs="+", default=[128, 1024, 8192])
     parser.add_argument("--decode-tokens", type=int, default=16, help="tokens per timed decode round")
     parser.add_argument("--memory-length", type=int, default=256)
-    parser.add_argument("--memory-reps", type=int, default=3)
-    parser.add_argument("--plots", type=Path, help="folder for bench_*.png (e.g. docs/img)")
+    parser.add_argument("--memory-reps", type=int, default=3, help="timed steps per memory/credit point")
+    parser.add_argument("--credit-batch", type=int, default=8, help="credit: mazes per training step")
+    parser.add_argument("--credit-config", type=Path, default=ROOT / "configs/exp_maze.yaml",
+                        help="credit: run config whose model: section builds the puzzle model")
+    parser.add_argument("--plots", type=Path, help="folder for bench_*.png / credit_cost.png (e.g. docs/img)")
     parser.add_argument("--json", type=Path, help="write all results to this JSON file")
     args = parser.parse_args()
     if args.threads:
@@ -382,7 +415,7 @@ def main() -> None:
         raise SystemExit("--device cuda: no CUDA device visible to torch")
     print(f"# {' '.join(sys.argv)}\n# {machine(device)}; torch {torch.__version__}, transformers "
           f"{transformers.__version__}, python {platform.python_version()}", flush=True)
-    benches = {"mixer": bench_mixer, "decode": bench_decode, "memory": bench_memory}
+    benches = {"mixer": bench_mixer, "decode": bench_decode, "memory": bench_memory, "credit": bench_credit}
     results = {}
     for section in list(benches) if args.section == "all" else [args.section]:
         start = time.perf_counter()

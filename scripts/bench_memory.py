@@ -1,0 +1,112 @@
+"""Memory and time of one training step, each configuration measured in a fresh process.
+
+Used by scripts/bench.py (sections `memory` and `credit`): bench.py re-runs itself as
+``bench.py memory-worker '<json spec>'``; the worker builds the model the spec names, calls
+:func:`measure_step` and prints one JSON line, which :func:`run_worker` reads back. A fresh process
+per point keeps one configuration's allocator cache and peak RSS out of the next one's numbers.
+
+Measures (all above the pre-step baseline, parameters excluded where it matters):
+    peak_bytes        peak of bytes allocated during one step: on CPU the running sum of the profiler's
+                      ``[memory]`` alloc (+) / free (-) events in time order (exact, deterministic); on
+                      CUDA ``max_memory_allocated``. Includes parameter gradients, temporaries and
+                      checkpoint recomputation.
+    saved_bytes       distinct storages saved for backward (``saved_tensors_hooks``), i.e. activations.
+                      Not meaningful under cycle checkpointing: the checkpoint's own hooks hide its saves.
+    rss_growth_bytes  VmHWM after the first step minus VmRSS before it; counts allocator caching too.
+    step_s            best of ``reps`` timed steps (the first, measured step is the warm-up).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device) -> float:
+    """Seconds of one call of fn, synchronized before and after."""
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def rss_bytes(field: str, reset_peak: bool = False) -> int:
+    """VmRSS (current) or VmHWM (peak) of this process; reset_peak first resets VmHWM (Linux clear_refs 5)."""
+    try:
+        if reset_peak:
+            Path("/proc/self/clear_refs").write_text("5")
+        line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(field + ":"))
+        return int(line.split()[1]) * 1024  # kB
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB; lifetime peak
+
+
+def profiled_peak_bytes(fn: Callable[[], None]) -> int:
+    """Peak of the running sum of CPU allocations minus frees while fn runs (profiler memory events)."""
+    from torch.profiler import profile
+
+    with profile(profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
+                     and e.device_type() == torch.autograd.DeviceType.CPU), key=lambda e: e.start_ns())
+    return max(itertools.accumulate((e.nbytes() for e in events), initial=0))  # +alloc / -free, in time order
+
+
+def measure_step(model: torch.nn.Module, step: Callable[[], None], device: torch.device, reps: int) -> dict:
+    """Memory and time of ``step`` (zero grads, forward, loss, backward of ``model``); see the module docstring."""
+    param_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved = {}
+
+    def pack(t):  # count each storage saved for backward once; parameters are not activations
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in param_ptrs:
+            saved[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    rss_before = rss_bytes("VmRSS", reset_peak=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step()  # also the warm-up
+    rss_growth = rss_bytes("VmHWM") - rss_before
+    times = [timed(step, device) for _ in range(reps)]
+    model.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        step()
+        sync(device)
+        peak = torch.cuda.max_memory_allocated(device) - base
+    else:
+        peak = profiled_peak_bytes(step)
+    return dict(peak_bytes=peak, saved_bytes=sum(saved.values()), rss_growth_bytes=rss_growth,
+                step_s=min(times), step_s_all=times)
+
+
+def run_worker(script: str, spec: dict) -> dict:
+    """Run ``script memory-worker <spec>`` in a fresh interpreter; its last stdout line is the JSON result."""
+    run = subprocess.run([sys.executable, script, "memory-worker", json.dumps(spec)], capture_output=True, text=True,
+                         check=False)
+    if run.returncode:
+        raise SystemExit(f"memory worker failed for {spec}:\n{run.stderr[-3000:]}")
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def loglog_slope(xs: list[float], ys: list[float]) -> float:
+    """Least-squares slope of log(y) against log(x): the exponent p of y ~ x^p."""
+    lx, ly = [math.log(x) for x in xs], [math.log(y) for y in ys]
+    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
+    return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
