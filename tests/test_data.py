@@ -362,3 +362,8 @@ def test_cache_roundtrip(tmp_path):
     assert np.array_equal(a.train.extras["path_length"], b.train.extras["path_length"])
     c = build_maze_splits(4, 2, size=9, seed=4, cache_dir=tmp_path)
     assert len(list(tmp_path.glob("maze_*.npz"))) == 2 and not torch.equal(a.test.inputs, c.test.inputs)
+
+
+def test_too_many_distinct_puzzles_for_the_size_raises_instead_of_looping():
+    with pytest.raises(ValueError, match="distinct puzzles"):
+        build_maze_splits(n_train=3000, n_test=10, size=5, seed=0)

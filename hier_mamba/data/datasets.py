@@ -94,16 +94,26 @@ def _stream_seed(seed: int, stream: int) -> int:
     return int(np.random.SeedSequence([seed, stream]).generate_state(1, np.uint64)[0])
 
 
+MAX_DUPLICATE_RATIO = 20
+
+
 def _draw_unique(
     n: int, draw: Callable[[], object], key: Callable[[object], object], seen: set
 ) -> list:
-    """Draw until ``n`` items whose ``key`` is not in ``seen`` (``seen`` is updated)."""
+    """Draw until ``n`` items whose ``key`` is not in ``seen`` (``seen`` is updated).
+
+    Raises ValueError when duplicates outnumber the wanted items ``MAX_DUPLICATE_RATIO`` to one:
+    the puzzle space is too small for ``n`` distinct puzzles (e.g. thousands of 7 x 7 mazes).
+    """
     items, rejected = [], 0
     while len(items) < n:
         item = draw()
         k = key(item)
         if k in seen:
             rejected += 1
+            if rejected > MAX_DUPLICATE_RATIO * max(n, 1):
+                raise ValueError(f"found only {len(items)} of n={n} distinct puzzles after {rejected} duplicates: "
+                                 "ask for fewer puzzles or a larger size")
             continue
         seen.add(k)
         items.append(item)
