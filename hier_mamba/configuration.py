@@ -8,6 +8,9 @@ Glossary (code name -> HRM / Mamba paper symbol):
                          as z = L(z + x) (the no-hierarchy baseline; H_cycles=1, L_cycles=0 is a flat Mamba).
     h_memory_size        M: each H update also attends to the M most recent z_H at the same position.
     synthetic_gradients  predict the cut gradient at ACT segment boundaries (synthetic_gradients.py).
+    position_embeddings  rows of a learned absolute position table added to the puzzle head's input
+                         embeddings (0 = none). A real-decay scan cannot count positions modulo a
+                         row length, so without it a grid cell cannot know its column or box.
     state_size           N of Mamba (d_state): size of the SSM state per channel / head.
     expand               E of Mamba: d_inner = expand * hidden_size.
     conv_kernel          width of the causal depthwise convolution (d_conv).
@@ -79,6 +82,7 @@ class HierMambaConfig(PreTrainedConfig):
         halt_exploration_prob: float = 0.1,
         act_eval_mode: str = "max_steps",
         loss_type: str = "softmax",
+        position_embeddings: int = 0,
         pad_token_id: int | None = 0,
         bos_token_id: int | None = None,
         eos_token_id: int | None = None,
@@ -121,6 +125,7 @@ class HierMambaConfig(PreTrainedConfig):
         self.halt_exploration_prob = halt_exploration_prob
         self.act_eval_mode = act_eval_mode
         self.loss_type = loss_type
+        self.position_embeddings = position_embeddings
         super().__init__(
             pad_token_id=pad_token_id,
             bos_token_id=bos_token_id,
@@ -172,6 +177,9 @@ class HierMambaConfig(PreTrainedConfig):
                                    or self.hidden_size % self.h_memory_heads):
             raise ValueError(f"h_memory_heads={self.h_memory_heads!r} must be a positive int dividing "
                              f"hidden_size={self.hidden_size}")
+        if (not isinstance(self.position_embeddings, int) or isinstance(self.position_embeddings, bool)
+                or self.position_embeddings < 0):
+            raise ValueError(f"position_embeddings must be an int >= 0 (0 = none), got {self.position_embeddings!r}")
         if not self.synthetic_gradient_scale > 0:
             raise ValueError(f"synthetic_gradient_scale must be > 0, got {self.synthetic_gradient_scale!r}")
         _check_choice("ssm_backend", self.ssm_backend, SSM_BACKENDS)

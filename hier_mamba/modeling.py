@@ -182,6 +182,9 @@ class HierMambaForCausalLM(HierMambaPreTrainedModel, GenerationMixin):
         super().__init__(config)
         if config.bidirectional:
             raise ValueError("bidirectional=True is for non-generative heads; HierMambaForCausalLM needs False")
+        if config.position_embeddings:
+            raise ValueError(f"position_embeddings={config.position_embeddings} is for the puzzle head "
+                             "(HierMambaForTokenClassification); HierMambaForCausalLM needs 0")
         self.model = HierMambaModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()

@@ -99,9 +99,10 @@ class HierMambaForTokenClassification(HierMambaPreTrainedModel):
     """Per-position output tokens (puzzle input grid -> solution grid) with ACT over segments.
 
     Modules: ``model`` (HierMambaModel backbone), ``lm_head`` Linear(hidden, vocab_size) on z_H,
-    ``q_head`` Linear(hidden, 2) on mean-pooled z_H (HRM init: weight 0, bias -5), and, with
-    ``config.synthetic_gradients``, ``synthetic_gradient`` predicting the gradient cut at each
-    segment boundary (synthetic_gradients.py).
+    ``q_head`` Linear(hidden, 2) on mean-pooled z_H (HRM init: weight 0, bias -5), with
+    ``config.position_embeddings = n > 0`` an Embedding(n, hidden) of positions added to the token
+    embeddings (HRM's learned position encoding), and, with ``config.synthetic_gradients``,
+    ``synthetic_gradient`` predicting the gradient cut at each segment boundary (synthetic_gradients.py).
     """
 
     accepts_loss_kwargs = False  # the loss is normalised here; Trainer must scale it for accumulation
@@ -111,6 +112,8 @@ class HierMambaForTokenClassification(HierMambaPreTrainedModel):
         self.model = HierMambaModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.q_head = nn.Linear(config.hidden_size, 2)  # (halt, continue)
+        self.position_embeddings = (nn.Embedding(config.position_embeddings, config.hidden_size)
+                                    if config.position_embeddings else None)
         self.synthetic_gradient = (SyntheticGradientModel(config.hidden_size, config.rms_norm_eps)
                                    if config.synthetic_gradients else None)
         self.post_init()
@@ -152,6 +155,8 @@ class HierMambaForTokenClassification(HierMambaPreTrainedModel):
         max_steps = self._max_steps(num_segments)
         self._check_inputs(input_ids, labels, attention_mask)
         x = self.model.get_input_embeddings()(input_ids)  # (b, l, d)
+        if self.position_embeddings is not None:
+            x = x + self.position_embeddings.weight[: x.shape[1]]  # (l, d) broadcast over the batch
         batch = x.shape[0]
         # 2. Exploration: the minimum number of segments of each sequence (training only: eval draws nothing).
         min_halt_steps = (draw_min_halt_steps(batch, max_steps, self.config.halt_exploration_prob, device=x.device)
@@ -253,6 +258,9 @@ class HierMambaForTokenClassification(HierMambaPreTrainedModel):
             shape = None if input_ids is None else tuple(input_ids.shape)
             raise ValueError(f"input_ids must be a (batch, length) tensor, got shape {shape}")
         check_token_ids("input_ids", input_ids, self.config.vocab_size)
+        if self.config.position_embeddings and input_ids.shape[1] > self.config.position_embeddings:
+            raise ValueError(f"input_ids has length {input_ids.shape[1]} but the position table has "
+                             f"position_embeddings={self.config.position_embeddings} rows")
         if labels is not None:
             if labels.shape != input_ids.shape:
                 raise ValueError(f"labels has shape {tuple(labels.shape)}, "

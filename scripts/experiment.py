@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import multiprocessing
 import resource
 import sys
@@ -30,13 +31,31 @@ import task_puzzle  # noqa: E402  (scripts/ is not a package)
 
 
 class TimeBudget(TrainerCallback):
-    """Stop training once ``seconds`` of wall clock have passed (checked after every step)."""
+    """Stop training once ``seconds`` of wall clock have passed, with a cosine schedule over that time.
 
-    def __init__(self, seconds: float | None):
-        self.seconds, self.start = seconds, None
+    A step-based cosine schedule cannot be used under a time budget (the step count is not known in
+    advance), so the learning rate is set before every step from the elapsed fraction of the budget:
+    linear warmup over ``warmup_steps`` steps, then ``0.5 (1 + cos(pi * elapsed / seconds))`` of the
+    base rate. The Trainer must use ``lr_scheduler_type="constant"`` so that it does not override it.
+    """
+
+    def __init__(self, seconds: float | None, warmup_steps: int = 0):
+        self.seconds, self.warmup_steps, self.start, self.base_lrs = seconds, warmup_steps, None, None
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start = time.perf_counter()
+
+    def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+        if self.seconds is None or optimizer is None:
+            return
+        if self.base_lrs is None:
+            self.base_lrs = [group["lr"] for group in optimizer.param_groups]
+        elapsed = min((time.perf_counter() - self.start) / self.seconds, 1.0)
+        factor = 0.5 * (1.0 + math.cos(math.pi * elapsed))
+        if state.global_step < self.warmup_steps:
+            factor *= (state.global_step + 1) / self.warmup_steps
+        for group, base in zip(optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * factor
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.seconds is not None and time.perf_counter() - self.start > self.seconds:
@@ -84,11 +103,14 @@ def run_variant(name: str, base: dict, overrides: dict, budget_s: float | None, 
     set_seed(config.get("seed", 0))
     train_set, test_set = task_puzzle.build_datasets(config["data"], config.get("seed", 0))
     model = task_puzzle.build_model(config["model"])
+    warmup_steps = config["training"].get("warmup_steps", 0)
+    if budget_s is not None:  # TimeBudget owns the schedule: cosine over the wall-clock budget
+        config["training"].update(lr_scheduler_type="constant", warmup_steps=0)
     training = {**config["training"], "save_strategy": "no", "eval_strategy": "no", "report_to": [],
                 "disable_tqdm": True, "use_cpu": True, "seed": config.get("seed", 0)}
     args = TrainingArguments(output_dir=f"/tmp/hier_mamba_experiment/{name}", **training)
     trainer = Trainer(model=model, args=args, train_dataset=train_set, data_collator=task_puzzle.collate,
-                      callbacks=[TimeBudget(budget_s)])
+                      callbacks=[TimeBudget(budget_s, warmup_steps)])
     start = time.perf_counter()
     output = trainer.train()
     seconds = time.perf_counter() - start
@@ -118,20 +140,21 @@ def main() -> None:
     grid = yaml.safe_load(Path(args.grid).read_text())
     jobs = [(name, base, overrides or {}, args.budget_s, args.max_steps, args.segments,
              1 if args.parallel > 1 else torch.get_num_threads()) for name, overrides in grid.items()]
-    if args.parallel > 1:
-        with multiprocessing.get_context("spawn").Pool(args.parallel) as pool:
-            results = pool.starmap(run_variant, jobs)
-    else:
-        results = [run_variant(*job) for job in jobs]
     record = {"config": args.config, "grid": args.grid, "budget_s": args.budget_s, "max_steps": args.max_steps,
-              "command": " ".join(sys.argv), "torch": torch.__version__, "results": results}
+              "command": " ".join(sys.argv), "torch": torch.__version__, "results": []}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(record, indent=2))
-    for result in results:
-        accuracy = ", ".join(f"{k} seg: {v['exact_accuracy']:.3f} exact / {v['target_accuracy']:.3f} target"
-                             for k, v in result["accuracy"].items())
-        print(f"{result['name']:>24}  params={result['parameters']}  steps={result['train_steps']}  {accuracy}")
+    with multiprocessing.get_context("spawn").Pool(max(args.parallel, 1)) as pool:
+        for result in pool.imap(_run_job, jobs):  # in grid order; the JSON is rewritten after every variant
+            record["results"].append(result)
+            Path(args.out).write_text(json.dumps(record, indent=2))
+            accuracy = ", ".join(f"{k} seg: {v['exact_accuracy']:.3f} exact / {v['target_accuracy']:.3f} target"
+                                 for k, v in result["accuracy"].items())
+            print(f"{result['name']:>24}  params={result['parameters']}  steps={result['train_steps']}  {accuracy}",
+                  flush=True)
 
+
+def _run_job(job: tuple) -> dict:
+    return run_variant(*job)
 
 if __name__ == "__main__":
     main()

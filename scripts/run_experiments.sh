@@ -1,18 +1,33 @@
 #!/usr/bin/env bash
-# The runs behind docs/results.md and docs/credit-assignment.md (about 30 minutes on a 2-core CPU).
+# The runs behind docs/results.md and docs/credit-assignment.md (about 95 minutes on a 2-core CPU).
+#   scripts/run_experiments.sh                      # every phase
+#   scripts/run_experiments.sh maze_credit_steps    # some phases, by name
 # One torch thread per run, two runs at a time: under contention 2 threads per run are ~10x slower.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1
-segments="1 2 4 8 16"
-python scripts/experiment.py --config configs/exp_maze_small.yaml --grid configs/grids/architectures.yaml \
-  --out docs/results/maze_architectures.json --budget-s 150 --max-steps 5000 --segments $segments --parallel 2
-python scripts/experiment.py --config configs/exp_maze_small.yaml --grid configs/grids/credit.yaml \
-  --out docs/results/maze_credit.json --max-steps 100 --segments 1 2 4 8 --parallel 2
-python scripts/experiment.py --config configs/exp_sudoku.yaml --grid configs/grids/architectures.yaml \
-  --out docs/results/sudoku_architectures.json --budget-s 120 --max-steps 5000 --segments $segments --parallel 2
-python scripts/experiment.py --config configs/exp_sudoku.yaml --grid configs/grids/credit.yaml \
-  --out docs/results/sudoku_credit.json --max-steps 80 --segments 1 2 4 8 --parallel 2
-for name in maze_architectures maze_credit sudoku_architectures sudoku_credit; do
-  python scripts/plot_results.py docs/results/$name.json --png docs/img/$name.png > docs/results/$name.md
+run() {  # run NAME CONFIG GRID EXTRA_ARGS...: train the grid, then write the table and the plot
+  local name=$1 config=$2 grid=$3
+  shift 3
+  python scripts/experiment.py --config "$config" --grid "$grid" --out "docs/results/$name.json" --parallel 2 "$@"
+  python scripts/plot_results.py "docs/results/$name.json" --png "docs/img/$name.png" > "docs/results/$name.md"
+}
+maze_architectures() { run maze_architectures configs/exp_maze_small.yaml configs/grids/architectures.yaml \
+  --budget-s 300 --max-steps 100000 --segments 1 2 4 8 16; }
+sudoku_architectures() { run sudoku_architectures configs/exp_sudoku.yaml configs/grids/architectures.yaml \
+  --budget-s 300 --max-steps 100000 --segments 1 2 4 8 16; }
+maze_credit_steps() { run maze_credit_steps configs/exp_maze_small.yaml configs/grids/credit.yaml \
+  --max-steps 300 --segments 1 2 4 8; }
+maze_credit_time() { run maze_credit_time configs/exp_maze_small.yaml configs/grids/credit.yaml \
+  --budget-s 180 --max-steps 100000 --segments 1 2 4 8; }
+sudoku_credit_steps() { run sudoku_credit_steps configs/exp_sudoku.yaml configs/grids/credit.yaml \
+  --max-steps 300 --segments 1 2 4 8; }
+sudoku_credit_time() { run sudoku_credit_time configs/exp_sudoku.yaml configs/grids/credit.yaml \
+  --budget-s 180 --max-steps 100000 --segments 1 2 4 8; }
+phases=("$@")
+[ ${#phases[@]} -eq 0 ] && phases=(sudoku_architectures maze_architectures sudoku_credit_steps sudoku_credit_time
+                                   maze_credit_steps maze_credit_time)
+for phase in "${phases[@]}"; do
+  echo "=== $phase $(date -u +%H:%M:%S)"
+  "$phase"
 done

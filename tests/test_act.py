@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForTokenClassification
+from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
 
 from hier_mamba import HierMambaConfig, HierMambaForTokenClassification
 from hier_mamba.act import (
@@ -276,6 +276,26 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path):
         assert torch.equal(before[key], after[key]), key
 
 
+def test_position_embeddings_are_added_to_the_input_and_checked():
+    plain = tiny_model(halt_max_steps=2).eval()
+    positioned = tiny_model(halt_max_steps=2, position_embeddings=12).eval()
+    missing, unexpected = positioned.load_state_dict(plain.state_dict(), strict=False)
+    assert missing == ["position_embeddings.weight"] and unexpected == []
+    input_ids, _ = puzzles()  # (b, 10)
+    with torch.no_grad():
+        positioned.position_embeddings.weight.zero_()
+        torch.testing.assert_close(positioned(input_ids).logits, plain(input_ids).logits, rtol=0, atol=0)
+        positioned.position_embeddings.weight[3].fill_(1.0)  # only position 3 gets an offset
+        x = plain.get_input_embeddings()(input_ids)  # (b, 10, d): the plain model gets the offset by hand
+        x[:, 3] += 1.0
+        expected = plain.lm_head(plain.model(inputs_embeds=x, use_cache=False).last_hidden_state).float()
+        torch.testing.assert_close(positioned(input_ids, num_segments=1).logits, expected)
+    with pytest.raises(ValueError, match="position_embeddings=12"):
+        positioned(torch.ones(1, 13, dtype=torch.long))
+    with pytest.raises(ValueError, match="position_embeddings"):
+        AutoModelForCausalLM.from_config(HierMambaConfig(**{**TINY, "bidirectional": False, "position_embeddings": 8}))
+
+
 def test_right_padding_with_attention_mask_changes_nothing_for_the_real_tokens():
     model = tiny_model(halt_max_steps=2).eval()
     set_q_head(model, weight_std=1.0)  # the Q logits depend on the (masked) pooling
@@ -368,3 +388,25 @@ def test_evaluate_script_reports_accuracy_per_segment_count(tmp_path, capsys):
     assert 1.0 <= results["q_halt"]["3"]["mean_steps"] <= 3.0
     assert 0.0 <= results["max_steps"]["2"]["cell_accuracy"] <= 1.0
     assert "test puzzles" in capsys.readouterr().out
+
+
+def test_time_budget_schedules_cosine_over_wall_clock_and_stops(monkeypatch):
+    experiment = load_script("experiment")
+    clock = [100.0]
+    monkeypatch.setattr(experiment.time, "perf_counter", lambda: clock[0])
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.4)
+    budget = experiment.TimeBudget(seconds=10.0, warmup_steps=4)
+    state, control = SimpleNamespace(global_step=0), SimpleNamespace(should_training_stop=False)
+    budget.on_train_begin(None, state, control)
+    budget.on_step_begin(None, state, control, optimizer=optimizer)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.4 * 1 / 4)  # warmup step 1 of 4, cosine at 1
+    state.global_step, clock[0] = 10, 105.0
+    budget.on_step_begin(None, state, control, optimizer=optimizer)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.2)  # half the budget: cos(pi / 2) -> half the rate
+    budget.on_step_end(None, state, control)
+    assert not control.should_training_stop
+    clock[0] = 110.5
+    budget.on_step_begin(None, state, control, optimizer=optimizer)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0)
+    budget.on_step_end(None, state, control)
+    assert control.should_training_stop

@@ -211,6 +211,7 @@ def test_bad_inputs_raise_clear_errors():
     ("mixer", "mamba3"), ("hidden_size", 0), ("H_cycles", -1), ("conv_kernel", 5), ("bptt_steps", 0),
     ("head_dim", 48), ("ssm_backend", "triton"), ("time_step_min", 0.0), ("bidirectional", "yes"),
     ("n_groups", 3), ("pad_token_id", 999), ("halt_exploration_prob", 1.5), ("loss_type", "mse"),
+    ("position_embeddings", -1), ("position_embeddings", True),
 ])
 def test_config_validation_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):
