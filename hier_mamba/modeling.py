@@ -59,6 +59,7 @@ class HierMambaPreTrainedModel(PreTrainedModel):
     config_class = HierMambaConfig
     config: HierMambaConfig
     base_model_prefix = "model"
+    _input_embed_layer = "embeddings"  # transformers' get/set_input_embeddings find model.embeddings
     supports_gradient_checkpointing = True
     _no_split_modules = ["Block"]
     _is_stateful = True
@@ -110,12 +111,6 @@ class HierMambaModel(HierMambaPreTrainedModel):
         self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
         self.reasoner = HierarchicalReasoner(config)
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.embeddings
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.embeddings = value
 
     def forward(
         self,
@@ -188,12 +183,6 @@ class HierMambaForCausalLM(HierMambaPreTrainedModel, GenerationMixin):
         self.model = HierMambaModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.model.embeddings
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.model.embeddings = value
 
     def forward(
         self,

@@ -125,12 +125,6 @@ class HierMambaForTokenClassification(HierMambaPreTrainedModel):
             init.zeros_(module.weight)
             init.constant_(module.bias, Q_HEAD_BIAS_INIT)
 
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.model.embeddings
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.model.embeddings = value
-
     def forward(
         self,
         input_ids: torch.LongTensor,

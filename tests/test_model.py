@@ -181,7 +181,12 @@ def test_save_load_round_trip_and_auto_classes(tmp_path):
     ids = torch.randint(0, 50, (2, 9))
     with torch.no_grad():
         assert torch.equal(model(ids).logits, loaded(ids).logits)
-    assert type(AutoModel.from_config(model.config)) is HierMambaModel
+    base = AutoModel.from_config(model.config)
+    assert type(base) is HierMambaModel
+    assert loaded.get_input_embeddings() is loaded.model.embeddings and base.get_input_embeddings() is base.embeddings
+    replacement = torch.nn.Embedding(50, model.config.hidden_size)
+    loaded.set_input_embeddings(replacement)
+    assert loaded.model.embeddings is replacement
 
 
 def test_loss_ignores_minus_100_and_shifts():

@@ -122,6 +122,16 @@ def _draw_unique(
     return items
 
 
+def _draw_splits(n_test: int, n_train: int, draw_from: Callable[[random.Random], Callable[[], object]],
+                 key: Callable[[object], object], seed: int) -> tuple[list, list, np.random.Generator]:
+    """Distinct test puzzles, then distinct train puzzles none of which is equivalent (same ``key``)
+    to a test puzzle, each from its own seed stream; and the generator for the augmentations."""
+    seen: set = set()
+    test = _draw_unique(n_test, draw_from(random.Random(_stream_seed(seed, _TEST_STREAM))), key, seen)
+    train = _draw_unique(n_train, draw_from(random.Random(_stream_seed(seed, _TRAIN_STREAM))), key, seen)
+    return test, train, np.random.default_rng(_stream_seed(seed, _AUGMENT_STREAM))
+
+
 def _token_matrix(rows: list[np.ndarray], seq_len: int) -> np.ndarray:
     """Stack token grids into (n, seq_len) int64 (n = 0 allowed)."""
     return np.array(rows, dtype=np.int64).reshape(len(rows), seq_len)
@@ -210,10 +220,7 @@ def build_sudoku_splits(
         return sudoku.symmetry_invariant(p.puzzle)
 
     def build() -> dict[str, dict[str, np.ndarray]]:
-        seen: set = set()
-        test = _draw_unique(n_test, draw_from(random.Random(_stream_seed(seed, _TEST_STREAM))), key, seen)
-        train = _draw_unique(n_train, draw_from(random.Random(_stream_seed(seed, _TRAIN_STREAM))), key, seen)
-        aug_rng = np.random.default_rng(_stream_seed(seed, _AUGMENT_STREAM))
+        test, train, aug_rng = _draw_splits(n_test, n_train, draw_from, key, seed)
         rows = {"train": [], "test": []}
         for split, base, copies in (("test", test, 0), ("train", train, augment_per_puzzle)):
             for base_id, p in enumerate(base):
@@ -262,10 +269,7 @@ def build_maze_splits(
         return maze.canonical_key(m.inputs)
 
     def build() -> dict[str, dict[str, np.ndarray]]:
-        seen: set = set()
-        test = _draw_unique(n_test, draw_from(random.Random(_stream_seed(seed, _TEST_STREAM))), key, seen)
-        train = _draw_unique(n_train, draw_from(random.Random(_stream_seed(seed, _TRAIN_STREAM))), key, seen)
-        aug_rng = np.random.default_rng(_stream_seed(seed, _AUGMENT_STREAM))
+        test, train, aug_rng = _draw_splits(n_test, n_train, draw_from, key, seed)
         rows = {"train": [], "test": []}
         for split, base, copies in (("test", test, 0), ("train", train, augment_per_puzzle)):
             for base_id, m in enumerate(base):
