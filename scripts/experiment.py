@@ -143,7 +143,7 @@ def main() -> None:
     record = {"config": args.config, "grid": args.grid, "budget_s": args.budget_s, "max_steps": args.max_steps,
               "command": " ".join(sys.argv), "torch": torch.__version__, "results": []}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    with multiprocessing.get_context("spawn").Pool(max(args.parallel, 1)) as pool:
+    with multiprocessing.get_context("spawn").Pool(max(args.parallel, 1), maxtasksperchild=1) as pool:  # fresh RSS per run
         for result in pool.imap(_run_job, jobs):  # in grid order; the JSON is rewritten after every variant
             record["results"].append(result)
             Path(args.out).write_text(json.dumps(record, indent=2))
