@@ -204,7 +204,9 @@ class HierMambaForTokenClassification(HierMambaPreTrainedModel):
         g_H, g_L = self.synthetic_gradient(carry.z_H.detach(), carry.z_L.detach())  # (b, l, d) each
         keep = still_running[:, None, None].to(g_H.dtype)  # (b, 1, 1)
         scale = self.config.synthetic_gradient_scale
-        return Carry(synthetic_boundary(carry.z_H, g_H * keep, scale), synthetic_boundary(carry.z_L, g_L * keep, scale),
+        sg = self.synthetic_gradient
+        return Carry(synthetic_boundary(carry.z_H, g_H * keep, sg.unit_H, scale),
+                     synthetic_boundary(carry.z_L, g_L * keep, sg.unit_L, scale),
                      tuple(m.detach() for m in carry.memory))
 
     # losses -----------------------------------------------------------------------------------

@@ -72,12 +72,40 @@ def test_memory_keeps_the_most_recent_h_states():
 def test_synthetic_boundary_is_identity_forward_and_injects_and_regresses_in_backward():
     carry = torch.randn(3, 4, requires_grad=True)
     predicted = torch.randn(3, 4, requires_grad=True)
-    out = synthetic_boundary(carry, predicted, scale=0.5)
+    unit = torch.zeros(())
+    out = synthetic_boundary(carry, predicted, unit, scale=0.5)
     torch.testing.assert_close(out, carry.detach())
     true_grad = torch.randn(3, 4)
     out.backward(true_grad)
-    torch.testing.assert_close(carry.grad, predicted.detach())
-    torch.testing.assert_close(predicted.grad, 0.5 * (predicted.detach() - true_grad))
+    sigma = true_grad.pow(2).mean().sqrt()  # the first measurement sets the unit
+    torch.testing.assert_close(unit, sigma)
+    torch.testing.assert_close(carry.grad, predicted.detach() * sigma)
+    torch.testing.assert_close(predicted.grad, 0.5 * (predicted.detach() - true_grad / sigma))
+    second = torch.randn(3, 4) * 3
+    synthetic_boundary(carry, predicted, unit, scale=0.5).backward(second)  # later ones: running average
+    torch.testing.assert_close(unit, 0.9 * sigma + 0.1 * second.pow(2).mean().sqrt())
+
+
+def test_synthetic_regression_is_invariant_to_the_gradient_scale():
+    """Adam steps by ~lr whatever the gradient scale, so the predictor must regress an O(1) target:
+    scaling the future loss by 1e-5 (a mean over many tokens) must not change what the predictor sees."""
+    predicted = torch.randn(3, 4, requires_grad=True)
+    true_grad = torch.randn(3, 4)
+    grads = []
+    for factor in (1.0, 1e-5):
+        predicted.grad = None
+        synthetic_boundary(torch.randn(3, 4, requires_grad=True), predicted, torch.zeros(())).backward(true_grad * factor)
+        grads.append(predicted.grad.clone())
+    torch.testing.assert_close(grads[1], grads[0])
+
+
+def test_synthetic_boundary_with_zero_true_gradient_regresses_to_zero():
+    predicted = torch.randn(2, 3, requires_grad=True)
+    carry = torch.randn(2, 3, requires_grad=True)
+    unit = torch.zeros(())
+    synthetic_boundary(carry, predicted, unit).backward(torch.zeros(2, 3))
+    assert unit == 0 and torch.equal(carry.grad, torch.zeros(2, 3))  # nothing injected, no NaN
+    torch.testing.assert_close(predicted.grad, predicted.detach())  # pulled towards 0
 
 
 def test_synthetic_gradient_model_starts_at_zero():
