@@ -6,18 +6,20 @@ of sigma, u_hat = SG(carry_s), and :func:`synthetic_boundary` injects it in back
 
     forward:   carry_in = carry_s                            (values unchanged: the loss is the same)
     backward:  d/d carry_s  <- sigma * u_hat                 (the prediction replaces the cut gradient)
-               d/d u_hat    <- scale * (u_hat - g / sigma)   (regression towards the measured gradient)
+               d/d u_hat    <- scale * (u_hat - g / sigma) / N   (regression towards the measured gradient)
 
 where g is the true gradient arriving at carry_in from the later segments, itself including the
-synthetic gradient injected at the next boundary (the bootstrap of DNI), and sigma is a running
-RMS of g (a buffer, updated in backward). One backward does all.
+synthetic gradient injected at the next boundary (the bootstrap of DNI), sigma is a running RMS
+of g (a buffer, updated in backward) and N the number of elements. One backward does all.
 
 Why the unit sigma: g is tiny (~1e-5 per element: the loss is a mean over the batch and tokens),
 and Adam moves the predictor's weights by ~lr per step whatever the gradient scale, so a predictor
 regressed on g directly overshot it by orders of magnitude within a few steps; the injected
 gradients then swamped the model's own and training collapsed (Sudoku, full BPTT: training loss
 4.2 against 1.9 without synthetic gradients; docs/credit-assignment.md). In units of sigma the
-target is O(1).
+target is O(1), and the regression is a mean over its elements, so that its gradient (which joins
+the model's in one global-norm clip) stays O(1) too: as a sum over the b * l * 2d elements it
+reached norms of ~1000, and clipping to 1 then scaled the model's own gradient down a thousandfold.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ class _SyntheticBoundary(torch.autograd.Function):
             unit.copy_(torch.where(unit > 0, UNIT_MOMENTUM * unit + (1 - UNIT_MOMENTUM) * rms, rms))  # first: rms
             target = true_grad / unit.clamp(min=torch.finfo(true_grad.dtype).tiny)  # g / sigma; 0 while g is 0
             injected = predicted.detach() * unit.to(predicted.dtype)
-        return injected, ctx.scale * (predicted - target), None, None
+        return injected, ctx.scale * (predicted - target) / predicted.numel(), None, None  # mean, not sum
 
 
 UNIT_MOMENTUM = 0.9  # running RMS of the measured gradient: sigma <- 0.9 sigma + 0.1 rms(g)
@@ -80,6 +82,6 @@ def synthetic_boundary(carry: torch.Tensor, predicted: torch.Tensor, unit: torch
 
     carry, predicted: same shape; ``predicted`` is in units of ``unit``, a 0-dim buffer holding the
     running RMS of the measured gradient (0 = not measured yet), updated in place in backward.
-    ``scale`` weighs the regression loss 0.5 * ||predicted - g / unit||^2.
+    ``scale`` weighs the regression loss 0.5 * mean((predicted - g / unit)^2).
     """
     return _SyntheticBoundary.apply(carry, predicted, unit, scale)
