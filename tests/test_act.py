@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import math
+import random
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -410,3 +411,20 @@ def test_time_budget_schedules_cosine_over_wall_clock_and_stops(monkeypatch):
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0)
     budget.on_step_end(None, state, control)
     assert control.should_training_stop
+
+
+def test_sudoku_baselines_rules_on_generated_puzzles():
+    from hier_mamba.data import sudoku
+
+    baselines = load_script("sudoku_baselines")
+    puzzle = sudoku.generate_puzzle(random.Random(0), 50, 54)
+    solution = puzzle.solution.astype(np.int64)
+    one_blank = solution.copy()
+    one_blank[40] = 0
+    assert baselines.candidates(one_blank, 40) == {int(solution[40])}  # row, column and box leave one digit
+    solved = baselines.naked_singles(puzzle.puzzle.astype(np.int64), passes=None)
+    assert np.array_equal(solved, solution)  # this puzzle (seed 0) falls to naked singles alone
+    hits, p_exact = baselines.expected_scores(puzzle.puzzle, solved, solution)
+    assert hits == (puzzle.puzzle == 0).sum() and p_exact == 1.0
+    hits, p_exact = baselines.expected_scores(puzzle.puzzle, puzzle.puzzle, solution)  # guess among candidates
+    assert 0 < hits < (puzzle.puzzle == 0).sum() + 1e-9 and 0 <= p_exact < 1
