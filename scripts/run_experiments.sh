@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The runs behind docs/results.md and docs/credit-assignment.md (about 95 minutes on a 2-core CPU).
+# The runs behind docs/results.md and docs/credit-assignment.md (about 2 hours on a 2-core CPU).
 #   scripts/run_experiments.sh                      # every phase
 #   scripts/run_experiments.sh maze_credit_steps    # some phases, by name
 # One torch thread per run, two runs at a time: under contention 2 threads per run are ~10x slower.
@@ -16,6 +16,10 @@ maze_architectures() { run maze_architectures configs/exp_maze_small.yaml config
   --budget-s 300 --max-steps 100000 --segments 1 2 4 8 16; }
 sudoku_architectures() { run sudoku_architectures configs/exp_sudoku.yaml configs/grids/architectures.yaml \
   --budget-s 300 --max-steps 100000 --segments 1 2 4 8 16; }
+sudoku_no_positions() { run sudoku_no_positions configs/exp_sudoku.yaml configs/grids/no_positions.yaml \
+  --budget-s 300 --max-steps 100000 --segments 1 2 4 8 16; }
+sudoku_credit_synthetic() { run sudoku_credit_synthetic_steps configs/exp_sudoku.yaml configs/grids/credit_synthetic.yaml \
+  --max-steps 300 --segments 1 2 4 8; }
 maze_credit_steps() { run maze_credit_steps configs/exp_maze_small.yaml configs/grids/credit.yaml \
   --max-steps 300 --segments 1 2 4 8; }
 maze_credit_time() { run maze_credit_time configs/exp_maze_small.yaml configs/grids/credit.yaml \
@@ -26,7 +30,8 @@ sudoku_credit_time() { run sudoku_credit_time configs/exp_sudoku.yaml configs/gr
   --budget-s 180 --max-steps 100000 --segments 1 2 4 8; }
 phases=("$@")
 [ ${#phases[@]} -eq 0 ] && phases=(sudoku_architectures maze_architectures sudoku_credit_steps sudoku_credit_time
-                                   maze_credit_steps maze_credit_time)
+                                   maze_credit_steps maze_credit_time sudoku_no_positions
+                                   sudoku_credit_synthetic)
 for phase in "${phases[@]}"; do
   echo "=== $phase $(date -u +%H:%M:%S)"
   "$phase"
