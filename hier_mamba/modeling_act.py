@@ -201,10 +201,10 @@ class HierMambaForTokenClassification(HierMambaPreTrainedModel):
         """
         if self.synthetic_gradient is None or not torch.is_grad_enabled():
             return carry.detach()
-        g_H, g_L = self.synthetic_gradient(carry.z_H.detach(), carry.z_L.detach())  # (b, l, d) each
+        sg = self.synthetic_gradient
+        g_H, g_L = sg(carry.z_H.detach(), carry.z_L.detach())  # (b, l, d) each, in units of sg.unit_H / unit_L
         keep = still_running[:, None, None].to(g_H.dtype)  # (b, 1, 1)
         scale = self.config.synthetic_gradient_scale
-        sg = self.synthetic_gradient
         return Carry(synthetic_boundary(carry.z_H, g_H * keep, sg.unit_H, scale),
                      synthetic_boundary(carry.z_L, g_L * keep, sg.unit_L, scale),
                      tuple(m.detach() for m in carry.memory))

@@ -29,6 +29,8 @@ from torch import nn
 
 from .norms import RMSNorm
 
+UNIT_MOMENTUM = 0.9  # running RMS of the measured gradient: sigma <- 0.9 sigma + 0.1 rms(g)
+
 
 class SyntheticGradientModel(nn.Module):
     """Predicts d(future loss)/d(z_H, z_L) per position, in units of the buffers ``unit_H`` / ``unit_L``.
@@ -71,9 +73,6 @@ class _SyntheticBoundary(torch.autograd.Function):
             target = true_grad / unit.clamp(min=torch.finfo(true_grad.dtype).tiny)  # g / sigma; 0 while g is 0
             injected = predicted.detach() * unit.to(predicted.dtype)
         return injected, ctx.scale * (predicted - target) / predicted.numel(), None, None  # mean, not sum
-
-
-UNIT_MOMENTUM = 0.9  # running RMS of the measured gradient: sigma <- 0.9 sigma + 0.1 rms(g)
 
 
 def synthetic_boundary(carry: torch.Tensor, predicted: torch.Tensor, unit: torch.Tensor,
