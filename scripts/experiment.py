@@ -154,7 +154,9 @@ def main() -> None:
 
 
 def _run_job(job: tuple) -> dict:
+    """Pool.imap passes one argument: unpack the job tuple for run_variant."""
     return run_variant(*job)
+
 
 if __name__ == "__main__":
     main()
