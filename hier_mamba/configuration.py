@@ -8,6 +8,9 @@ Glossary (code name -> HRM / Mamba paper symbol):
                          as z = L(z + x) (the no-hierarchy baseline; H_cycles=1, L_cycles=0 is a flat Mamba).
     h_memory_size        M: each H update also attends to the M most recent z_H at the same position.
     synthetic_gradients  predict the cut gradient at ACT segment boundaries (synthetic_gradients.py).
+    scale_embeddings     HRM's input scale: embeddings drawn with std 1/sqrt(d) and multiplied by sqrt(d),
+                         so the injected x has unit RMS like z_H and z_L (False: std initializer_range,
+                         no multiplier -- x then enters ~50x smaller than the states it is added to).
     position_embeddings  rows of a learned absolute position table added to the puzzle head's input
                          embeddings (0 = none). A real-decay scan cannot count positions modulo a
                          row length, so without it a grid cell cannot know its column or box.
@@ -65,6 +68,7 @@ class HierMambaConfig(PreTrainedConfig):
         use_bias: bool = False,
         rms_norm_eps: float = 1e-5,
         initializer_range: float = 0.02,
+        scale_embeddings: bool = True,  # HRM: x reaches the stacks at the states' unit scale
         rescale_prenorm_residual: bool = True,
         tie_word_embeddings: bool = True,
         use_cache: bool = True,
@@ -110,6 +114,7 @@ class HierMambaConfig(PreTrainedConfig):
         self.use_bias = use_bias
         self.rms_norm_eps = rms_norm_eps
         self.initializer_range = initializer_range
+        self.scale_embeddings = scale_embeddings
         self.rescale_prenorm_residual = rescale_prenorm_residual
         self.use_cache = use_cache
         self.bidirectional = bidirectional
@@ -145,6 +150,16 @@ class HierMambaConfig(PreTrainedConfig):
     def num_heads(self) -> int:
         """Mamba2 heads: d_inner / head_dim."""
         return self.intermediate_size // self.head_dim
+
+    @property
+    def embedding_multiplier(self) -> float:
+        """Factor applied to the input embeddings: sqrt(hidden_size) with scale_embeddings (HRM), else 1."""
+        return math.sqrt(self.hidden_size) if self.scale_embeddings else 1.0
+
+    @property
+    def embedding_init_std(self) -> float:
+        """Std of the embedding tables' init: 1/sqrt(hidden_size) with scale_embeddings (HRM), else initializer_range."""
+        return 1.0 / math.sqrt(self.hidden_size) if self.scale_embeddings else self.initializer_range
 
     @property
     def residual_layers(self) -> int:
@@ -195,7 +210,7 @@ class HierMambaConfig(PreTrainedConfig):
         if self.bptt_steps is not None and (not isinstance(self.bptt_steps, int) or isinstance(self.bptt_steps, bool)
                                             or self.bptt_steps < 1):
             raise ValueError(f"bptt_steps must be None (full BPTT) or an int >= 1, got {self.bptt_steps!r}")
-        for name in ("bidirectional", "checkpoint_cycles", "synthetic_gradients", "use_cache", "use_conv_bias", "use_bias",
+        for name in ("bidirectional", "scale_embeddings", "checkpoint_cycles", "synthetic_gradients", "use_cache", "use_conv_bias", "use_bias",
                      "rescale_prenorm_residual"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")

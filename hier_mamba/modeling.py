@@ -65,10 +65,14 @@ class HierMambaPreTrainedModel(PreTrainedModel):
     _is_stateful = True
 
     def _init_weights(self, module: nn.Module) -> None:
-        """Linear/Embedding normal(initializer_range); mixers as transformers' Mamba (S4D-real A,
-        D = 1, dt bias = inverse softplus of a log-uniform dt, out_proj rescaled by 1/sqrt(layers))."""
+        """Linear normal(initializer_range); Embedding normal(config.embedding_init_std: HRM's 1/sqrt(d)
+        by default, the forward multiplies by sqrt(d)); mixers as mamba_ssm's Mamba/Mamba2 (S4D-real A,
+        D = 1, dt bias = inverse softplus of a log-uniform dt, in_proj/x_proj/conv/out_proj PyTorch's
+        default kaiming-uniform, out_proj rescaled by 1/sqrt(layers))."""
         super()._init_weights(module)
-        if isinstance(module, (Mamba1Mixer, Mamba2Mixer)):
+        if isinstance(module, nn.Embedding):
+            init.normal_(module.weight, std=self.config.embedding_init_std)
+        elif isinstance(module, (Mamba1Mixer, Mamba2Mixer)):
             self._init_mixer(module)
         elif isinstance(module, HierarchicalReasoner):
             init.normal_(module.H_init, std=1.0)
@@ -90,6 +94,9 @@ class HierMambaPreTrainedModel(PreTrainedModel):
             init.uniform_(mixer.dt_proj.weight, -dt_std, dt_std)
             init.copy_(mixer.dt_proj.bias, inverse_softplus_dt(mixer.d_inner, config))
         init.ones_(mixer.D)
+        for linear in (mixer.in_proj, getattr(mixer, "x_proj", None)):  # mamba_ssm: nn.Linear's default init
+            if linear is not None:
+                init.kaiming_uniform_(linear.weight, a=math.sqrt(5))
         init.kaiming_uniform_(mixer.conv1d.weight, a=math.sqrt(5))
         if mixer.conv1d.bias is not None:
             init.zeros_(mixer.conv1d.bias)
@@ -133,7 +140,7 @@ class HierMambaModel(HierMambaPreTrainedModel):
             HierMambaOutput with last_hidden_state z_H (b, l, d).
         """
         # 1. Embed and validate.
-        x = self._embed(input_ids, inputs_embeds)  # (b, l, d)
+        x = self._scale_input(self._embed(input_ids, inputs_embeds))  # (b, l, d), unit RMS by default
         if attention_mask is not None and attention_mask.shape != x.shape[:2]:
             raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {tuple(x.shape[:2])}")
         use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
@@ -166,6 +173,15 @@ class HierMambaModel(HierMambaPreTrainedModel):
             raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
         check_token_ids("input_ids", input_ids, self.config.vocab_size)
         return self.embeddings(input_ids)
+
+    def _scale_input(self, x: torch.Tensor) -> torch.Tensor:
+        """x (b, l, d) times config.embedding_multiplier (sqrt(d) by default: HRM's unit-scale injection).
+
+        Applied to ``inputs_embeds`` too (as Gemma does), so ``get_input_embeddings()(ids)`` passed as
+        inputs_embeds gives the same result as the ids.
+        """
+        multiplier = self.config.embedding_multiplier
+        return x if multiplier == 1.0 else x * multiplier
 
 
 class HierMambaForCausalLM(HierMambaPreTrainedModel, GenerationMixin):

@@ -47,6 +47,7 @@ from .modeling import HierMambaModel, HierMambaPreTrainedModel, check_token_ids
 from .reasoning import Carry
 from .synthetic_gradients import SyntheticGradientModel, synthetic_boundary
 
+INV_SQRT2 = 0.5 ** 0.5
 Q_HEAD_BIAS_INIT = -5.0  # HRM: Q starts at sigmoid(-5) ~ 0.007 for both actions, weight 0 (no early halting)
 
 
@@ -119,9 +120,12 @@ class HierMambaForTokenClassification(HierMambaPreTrainedModel):
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
-        """The backbone's init, then HRM's Q-head init (weight 0, bias -5), which the generic Linear init would undo."""
+        """The backbone's init, then HRM's heads: lm_head LeCun normal (std 1/sqrt(d)) and the Q-head
+        (weight 0, bias -5), which the generic Linear init would undo."""
         super()._init_weights(module)
-        if module is getattr(self, "q_head", None):
+        if module is getattr(self, "lm_head", None):
+            init.normal_(module.weight, std=self.config.hidden_size ** -0.5)
+        elif module is getattr(self, "q_head", None):
             init.zeros_(module.weight)
             init.constant_(module.bias, Q_HEAD_BIAS_INIT)
 
@@ -148,9 +152,9 @@ class HierMambaForTokenClassification(HierMambaPreTrainedModel):
         # 1. Validate and embed once: every segment injects the same x.
         max_steps = self._max_steps(num_segments)
         self._check_inputs(input_ids, labels, attention_mask)
-        x = self.model.get_input_embeddings()(input_ids)  # (b, l, d)
-        if self.position_embeddings is not None:
-            x = x + self.position_embeddings.weight[: x.shape[1]]  # (l, d) broadcast over the batch
+        x = self.model.get_input_embeddings()(input_ids)  # (b, l, d); the backbone applies the sqrt(d) scale
+        if self.position_embeddings is not None:  # HRM: 1/sqrt(2) keeps the sum of two unit-scale tables unit-scale
+            x = INV_SQRT2 * (x + self.position_embeddings.weight[: x.shape[1]])  # (l, d) broadcast over the batch
         batch = x.shape[0]
         # 2. Exploration: the minimum number of segments of each sequence (training only: eval draws nothing).
         min_halt_steps = (draw_min_halt_steps(batch, max_steps, self.config.halt_exploration_prob, device=x.device)

@@ -284,11 +284,14 @@ def test_position_embeddings_are_added_to_the_input_and_checked():
     assert missing == ["position_embeddings.weight"] and unexpected == []
     input_ids, _ = puzzles()  # (b, 10)
     with torch.no_grad():
-        positioned.position_embeddings.weight.zero_()
-        torch.testing.assert_close(positioned(input_ids).logits, plain(input_ids).logits, rtol=0, atol=0)
+        positioned.position_embeddings.weight.zero_()  # HRM's sum (token + position) / sqrt(2), by hand:
+        x = plain.get_input_embeddings()(input_ids) * 0.5 ** 0.5  # (b, 10, d)
+        expected = plain.lm_head(plain.model(inputs_embeds=x, use_cache=False).last_hidden_state).float()
+        torch.testing.assert_close(positioned(input_ids, num_segments=1).logits, expected, rtol=0, atol=0)
         positioned.position_embeddings.weight[3].fill_(1.0)  # only position 3 gets an offset
         x = plain.get_input_embeddings()(input_ids)  # (b, 10, d): the plain model gets the offset by hand
         x[:, 3] += 1.0
+        x = x * 0.5 ** 0.5
         expected = plain.lm_head(plain.model(inputs_embeds=x, use_cache=False).last_hidden_state).float()
         torch.testing.assert_close(positioned(input_ids, num_segments=1).logits, expected)
     with pytest.raises(ValueError, match="position_embeddings=12"):
