@@ -10,6 +10,7 @@ from .cache import HierMambaCache
 from .configuration import HierMambaConfig
 from .modeling import HierMambaForCausalLM, HierMambaModel, HierMambaPreTrainedModel
 from .modeling_act import HierMambaACTOutput, HierMambaForTokenClassification
+from .optim import HierMambaTrainer, create_optimizer, optimizer_param_groups
 
 AutoConfig.register(HierMambaConfig.model_type, HierMambaConfig, exist_ok=True)
 AutoModel.register(HierMambaConfig, HierMambaModel, exist_ok=True)
@@ -25,4 +26,7 @@ __all__ = [
     "HierMambaForTokenClassification",
     "HierMambaModel",
     "HierMambaPreTrainedModel",
+    "HierMambaTrainer",
+    "create_optimizer",
+    "optimizer_param_groups",
 ]

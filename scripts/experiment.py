@@ -24,7 +24,9 @@ from pathlib import Path
 
 import torch
 import yaml
-from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers import TrainerCallback, TrainingArguments, set_seed
+
+from hier_mamba import HierMambaTrainer  # Trainer without weight decay on A_log, D, dt_bias, norms, biases
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import task_puzzle  # noqa: E402  (scripts/ is not a package)
@@ -109,8 +111,8 @@ def run_variant(name: str, base: dict, overrides: dict, budget_s: float | None, 
     training = {**config["training"], "save_strategy": "no", "eval_strategy": "no", "report_to": [],
                 "disable_tqdm": True, "use_cpu": True, "seed": config.get("seed", 0)}
     args = TrainingArguments(output_dir=f"/tmp/hier_mamba_experiment/{name}", **training)
-    trainer = Trainer(model=model, args=args, train_dataset=train_set, data_collator=task_puzzle.collate,
-                      callbacks=[TimeBudget(budget_s, warmup_steps)])
+    trainer = HierMambaTrainer(model=model, args=args, train_dataset=train_set, data_collator=task_puzzle.collate,
+                               callbacks=[TimeBudget(budget_s, warmup_steps)])
     start = time.perf_counter()
     output = trainer.train()
     seconds = time.perf_counter() - start

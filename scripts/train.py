@@ -25,10 +25,11 @@ from pathlib import Path
 
 import torch
 import yaml
-from transformers import Trainer, TrainingArguments, set_seed
+from transformers import TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 import hier_mamba  # noqa: F401  (registers the Auto* classes)
+from hier_mamba import HierMambaTrainer  # Trainer without weight decay on A_log, D, dt_bias, norms, biases
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the task modules live beside this script
 
@@ -114,8 +115,9 @@ def main(argv: list[str] | None = None) -> None:
 
     # 2. Train (checkpoints in output_dir), then evaluate.
     training_args = training_arguments(config, output_dir, args.max_steps)
-    trainer = Trainer(model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                      data_collator=task.collate, compute_metrics=getattr(task, "compute_metrics", None))
+    trainer = HierMambaTrainer(model=model, args=training_args, train_dataset=train_dataset,
+                               eval_dataset=eval_dataset, data_collator=task.collate,
+                               compute_metrics=getattr(task, "compute_metrics", None))
     start = time.perf_counter()
     train_result = trainer.train(resume_from_checkpoint=resume_from)
     train_seconds = time.perf_counter() - start
