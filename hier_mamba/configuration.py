@@ -3,11 +3,17 @@
 Glossary (code name -> HRM / Mamba paper symbol):
     H_cycles, L_cycles   N and T of HRM: N high-level updates, each after T low-level updates.
     invocation           one call of the H or the L stack: a full scan over the sequence.
-    bptt_steps           how many trailing invocations carry gradient (HRM's one-step gradient = 2).
+    bptt_steps           how many trailing invocations carry gradient: an int, None (full BPTT), or a named
+                         window: "one_step" (HRM: the last L and the last H call; 1 call when looped) or
+                         "last_cycle" (TRM: the whole last H cycle, its L_cycles L calls and the H call).
     architecture         "hrm": H and L stacks; "looped": one stack L called num_invocations times
                          as z = L(z + x) (the no-hierarchy baseline; H_cycles=1, L_cycles=0 is a flat Mamba).
     h_memory_size        M: each H update also attends to the M most recent z_H at the same position.
     synthetic_gradients  predict the cut gradient at ACT segment boundaries (synthetic_gradients.py).
+    act_training         how the puzzle head trains ACT segments: "one_segment" (HRM/TRM: each training
+                         forward runs one segment of a carry kept across steps, one optimizer step per
+                         segment, halted sequences replaced by the batch's new ones; act_stream.py) or
+                         "all_segments" (every segment of a batch in one forward, one optimizer step).
     scale_embeddings     HRM's input scale: embeddings drawn with std 1/sqrt(d) and multiplied by sqrt(d),
                          so the injected x has unit RMS like z_H and z_L (False: std initializer_range,
                          no multiplier -- x then enters ~50x smaller than the states it is added to).
@@ -32,7 +38,9 @@ MIXERS = ("mamba2", "mamba1")
 SSM_BACKENDS = ("auto", "torch", "cuda")
 ARCHITECTURES = ("hrm", "looped")
 ACT_EVAL_MODES = ("max_steps", "q_halt")
+ACT_TRAINING_MODES = ("one_segment", "all_segments")
 LOSS_TYPES = ("softmax", "stablemax")
+BPTT_WINDOWS = ("one_step", "last_cycle")
 
 
 class HierMambaConfig(PreTrainedConfig):
@@ -73,7 +81,7 @@ class HierMambaConfig(PreTrainedConfig):
         tie_word_embeddings: bool = True,
         use_cache: bool = True,
         bidirectional: bool = False,
-        bptt_steps: int | None = 2,
+        bptt_steps: int | str | None = 2,
         checkpoint_cycles: bool = False,
         ssm_backend: str = "auto",
         architecture: str = "hrm",
@@ -85,6 +93,7 @@ class HierMambaConfig(PreTrainedConfig):
         halt_max_steps: int = 8,
         halt_exploration_prob: float = 0.1,
         act_eval_mode: str = "max_steps",
+        act_training: str = "one_segment",  # HRM/TRM: one segment per optimizer step, the carry kept across steps
         loss_type: str = "softmax",
         position_embeddings: int = 0,
         pad_token_id: int | None = 0,
@@ -129,6 +138,7 @@ class HierMambaConfig(PreTrainedConfig):
         self.halt_max_steps = halt_max_steps
         self.halt_exploration_prob = halt_exploration_prob
         self.act_eval_mode = act_eval_mode
+        self.act_training = act_training
         self.loss_type = loss_type
         self.position_embeddings = position_embeddings
         super().__init__(
@@ -150,6 +160,15 @@ class HierMambaConfig(PreTrainedConfig):
     def num_heads(self) -> int:
         """Mamba2 heads: d_inner / head_dim."""
         return self.intermediate_size // self.head_dim
+
+    @property
+    def recorded_invocations(self) -> int | None:
+        """bptt_steps as a number of trailing invocations (None: all of them)."""
+        if self.bptt_steps == "one_step":
+            return 1 if self.architecture == "looped" else 2
+        if self.bptt_steps == "last_cycle":
+            return self.L_cycles + 1
+        return self.bptt_steps
 
     @property
     def embedding_multiplier(self) -> float:
@@ -199,6 +218,7 @@ class HierMambaConfig(PreTrainedConfig):
             raise ValueError(f"synthetic_gradient_scale must be > 0, got {self.synthetic_gradient_scale!r}")
         _check_choice("ssm_backend", self.ssm_backend, SSM_BACKENDS)
         _check_choice("act_eval_mode", self.act_eval_mode, ACT_EVAL_MODES)
+        _check_choice("act_training", self.act_training, ACT_TRAINING_MODES)
         _check_choice("loss_type", self.loss_type, LOSS_TYPES)
         if not isinstance(self.conv_kernel, int) or not 2 <= self.conv_kernel <= 4:
             raise ValueError(f"conv_kernel must be an int in [2, 4] (the causal-conv1d kernel limit), got {self.conv_kernel!r}")
@@ -207,9 +227,14 @@ class HierMambaConfig(PreTrainedConfig):
                 raise ValueError(f"head_dim={self.head_dim} must divide expand*hidden_size={self.intermediate_size}")
             if self.num_heads % self.n_groups:
                 raise ValueError(f"n_groups={self.n_groups} must divide num_heads={self.num_heads}")
-        if self.bptt_steps is not None and (not isinstance(self.bptt_steps, int) or isinstance(self.bptt_steps, bool)
-                                            or self.bptt_steps < 1):
-            raise ValueError(f"bptt_steps must be None (full BPTT) or an int >= 1, got {self.bptt_steps!r}")
+        if isinstance(self.bptt_steps, str):
+            _check_choice("bptt_steps", self.bptt_steps, BPTT_WINDOWS)
+            if self.bptt_steps == "last_cycle" and self.architecture != "hrm":
+                raise ValueError("bptt_steps='last_cycle' needs architecture='hrm' (a looped stack has no H cycle)")
+        elif self.bptt_steps is not None and (not isinstance(self.bptt_steps, int) or isinstance(self.bptt_steps, bool)
+                                              or self.bptt_steps < 1):
+            raise ValueError(f"bptt_steps must be None (full BPTT), an int >= 1 or one of {BPTT_WINDOWS}, "
+                             f"got {self.bptt_steps!r}")
         for name in ("bidirectional", "scale_embeddings", "checkpoint_cycles", "synthetic_gradients", "use_cache", "use_conv_bias", "use_bias",
                      "rescale_prenorm_residual"):
             if not isinstance(getattr(self, name), bool):

@@ -8,8 +8,8 @@ One forward runs ``H_cycles * (L_cycles + 1)`` stack invocations, each a full sc
         z_H = H(z_H + z_L)              # slow module
 
 Gradient through the cycles is a setting (``bptt_steps``): only the last ``bptt_steps``
-invocations are recorded by autograd (2 = HRM's one-step gradient: the last L and the last H call;
-None = full BPTT). The earlier ones run under ``torch.no_grad()``, so activation memory is O(1) in
+invocations are recorded by autograd (2 or "one_step" = HRM's one-step gradient: the last L and the
+last H call; "last_cycle" = TRM's: the whole last H cycle; None = full BPTT). The earlier ones run under ``torch.no_grad()``, so activation memory is O(1) in
 the number of cycles. ``checkpoint_cycles`` runs the recorded invocations in ~sqrt(m) segments
 under ``torch.utils.checkpoint``: O(sqrt(m)) stored states instead of O(m), one extra forward.
 """
@@ -54,7 +54,8 @@ def invocation_schedule(config: HierMambaConfig) -> list[str]:
 def first_recorded_invocation(config: HierMambaConfig) -> int:
     """Index of the first invocation that autograd records (the start of the bptt window)."""
     total = config.num_invocations
-    return 0 if config.bptt_steps is None else max(0, total - config.bptt_steps)
+    window = config.recorded_invocations
+    return 0 if window is None else max(0, total - window)
 
 
 class HierarchicalReasoner(nn.Module):

@@ -142,7 +142,8 @@ def _recorded_invocations(model, ids) -> list[bool]:
 
 
 @pytest.mark.parametrize("bptt_steps,expected", [
-    (2, [False] * 4 + [True] * 2), (4, [False] * 2 + [True] * 4), (None, [True] * 6), (1, [False] * 5 + [True])])
+    (2, [False] * 4 + [True] * 2), (4, [False] * 2 + [True] * 4), (None, [True] * 6), (1, [False] * 5 + [True]),
+    ("one_step", [False] * 4 + [True] * 2), ("last_cycle", [False] * 3 + [True] * 3)])
 def test_bptt_steps_selects_recorded_invocations_without_changing_forward(bptt_steps, expected):
     ids = torch.randint(0, 50, (1, 10))
     reference = model_for(tiny(bptt_steps=None)).train()
@@ -216,8 +217,15 @@ def test_bad_inputs_raise_clear_errors():
     ("mixer", "mamba3"), ("hidden_size", 0), ("H_cycles", -1), ("conv_kernel", 5), ("bptt_steps", 0),
     ("head_dim", 48), ("ssm_backend", "triton"), ("time_step_min", 0.0), ("bidirectional", "yes"),
     ("n_groups", 3), ("pad_token_id", 999), ("halt_exploration_prob", 1.5), ("loss_type", "mse"),
-    ("position_embeddings", -1), ("position_embeddings", True),
+    ("position_embeddings", -1), ("position_embeddings", True), ("bptt_steps", "two_steps"),
+    ("scale_embeddings", 1),
 ])
 def test_config_validation_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         tiny(**{field: value})
+
+
+def test_last_cycle_window_needs_the_hierarchy():
+    with pytest.raises(ValueError, match="last_cycle"):
+        tiny(architecture="looped", bptt_steps="last_cycle")
+    assert tiny(architecture="looped", bptt_steps="one_step").recorded_invocations == 1
