@@ -6,7 +6,8 @@ ops' signatures (functional: states in, new states out, inputs never modified):
     "torch"  the pure-PyTorch ops of this package (any device);
     "cuda"   mamba_ssm / causal_conv1d kernels (raises with an install hint when they are missing,
              or when the tensors are not on a CUDA device);
-    "auto"   "cuda" when the kernels import and the tensors are on CUDA, else "torch".
+    "auto"   "cuda" when the kernels import and the tensors are on CUDA, else "torch" (on a CUDA
+             device without the kernels this warns once, naming the install command).
 
 The choice is logged once per (requested, device type). Nothing global is rebound.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -30,6 +32,7 @@ INSTALL_HINT = (
     "install the CUDA kernels with: MAMBA_FORCE_BUILD=TRUE CAUSAL_CONV1D_FORCE_BUILD=TRUE "
     "pip install --no-build-isolation 'hier_mamba[cuda]' (see docs/gpu.md)"
 )
+CONV_CHANNEL_MULTIPLE = 8  # causal_conv1d's channel-last kernel (the one that takes and returns states)
 
 
 @dataclass(frozen=True)
@@ -77,8 +80,12 @@ def _resolve(requested: str, device_type: str) -> Ops:
             raise ValueError(f"ssm_backend='cuda' needs tensors on a CUDA device, got device type {device_type!r}")
         ops = _cuda_ops()
     elif requested == "auto":
-        use_cuda = device_type == "cuda" and cuda_kernels_error() is None
-        ops = _cuda_ops() if use_cuda else TORCH_OPS
+        error = cuda_kernels_error() if device_type == "cuda" else None
+        if error is not None:  # once per process: _resolve is cached
+            warnings.warn(f"hier_mamba: tensors are on CUDA but the mamba-ssm / causal-conv1d kernels do not import "
+                          f"({error}), so the slow pure-PyTorch ops run; {INSTALL_HINT}. "
+                          "ssm_backend='torch' silences this.", stacklevel=4)
+        ops = _cuda_ops() if device_type == "cuda" and error is None else TORCH_OPS
     else:
         raise ValueError(f"ssm_backend must be 'auto', 'torch' or 'cuda', got {requested!r}")
     logger.info("hier_mamba: ssm_backend=%r on %s -> %s ops", requested, device_type, ops.name)

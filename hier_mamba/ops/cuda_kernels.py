@@ -2,23 +2,42 @@
 
 Imported only by ``backend._cuda_ops`` once the kernels are known to import. Each adapter keeps the
 torch op's contract: states in, new states out, inputs not modified (the update kernels work in
-place, so they run on a copy). Where a kernel lacks a feature (``selective_scan_fn`` takes no
-initial state) the adapter uses the torch op for that call.
+place, so they run on a copy). Where a kernel lacks a feature the adapter uses the torch op for
+that call: ``selective_scan_fn`` takes no initial state, and ``causal_conv1d_fn`` takes and returns
+states only in its channel-last layout, which needs channels % 8 == 0.
+
+Kernel facts these adapters rely on (mamba-ssm 2.3.2, causal-conv1d 1.7.0; checked by
+tests/test_kernel_signatures.py and tests/test_triton_interpret.py):
+- ``selective_state_update`` reads ``D.stride`` and ``dt_bias.stride`` unconditionally: never pass
+  None for either (zeros are the neutral values);
+- ``causal_conv1d_update`` needs the conv state in the input's dtype; ``selective_scan_fn`` needs
+  D and delta_bias in fp32.
 """
 
 from __future__ import annotations
 
+import functools
+import warnings
+
+import torch
 from causal_conv1d import causal_conv1d_fn, causal_conv1d_update
 from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 from mamba_ssm.ops.triton.selective_state_update import selective_state_update as _state_update_kernel
 from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
 
-from . import selective_scan as torch_scan
+from .backend import CONV_CHANNEL_MULTIPLE
+from .conv import causal_conv1d as torch_conv
+from .selective_scan import selective_scan as torch_selective_scan
 from .ssd import discretize_dt
+
+NO_DT_LIMIT = (0.0, float("inf"))
 
 
 def conv(x, weight, bias=None, initial_state=None, activation="silu"):
     """See ops.conv.causal_conv1d. x: (b, d, l) -> (y (b, d, l), state (b, d, w - 1))."""
+    if x.shape[1] % CONV_CHANNEL_MULTIPLE:
+        _warn_conv_fallback(x.shape[1])
+        return torch_conv(x, weight, bias, initial_state, activation)
     x_channel_last = x.transpose(1, 2).contiguous().transpose(1, 2)  # states need stride(1) == 1
     if initial_state is not None:
         initial_state = initial_state.to(x.dtype).transpose(1, 2).contiguous().transpose(1, 2)
@@ -28,8 +47,8 @@ def conv(x, weight, bias=None, initial_state=None, activation="silu"):
 
 
 def conv_step(x, state, weight, bias=None, activation="silu"):
-    """See ops.conv.causal_conv1d_step. x: (b, d); state: (b, d, w - 1)."""
-    new_state = state.to(x.dtype).clone()
+    """See ops.conv.causal_conv1d_step. x: (b, d); state: (b, d, w - 1), returned in x's dtype."""
+    new_state = state.to(x.dtype).clone()  # the kernel updates it in place and wants x's dtype
     y = causal_conv1d_update(x, new_state, weight, bias, activation)
     return y, new_state
 
@@ -37,7 +56,7 @@ def conv_step(x, state, weight, bias=None, activation="silu"):
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True, initial_state=None):
     """See ops.selective_scan.selective_scan. The kernel starts from zeros only."""
     if initial_state is not None:
-        return torch_scan.selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
+        return torch_selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
     y, last_state = selective_scan_fn(u, delta, A, B, C, D=None if D is None else D.float(), z=z,
                                       delta_bias=None if delta_bias is None else delta_bias.float(),
                                       delta_softplus=delta_softplus, return_last_state=True)
@@ -45,34 +64,46 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 
 
 def selective_state_update(state, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True):
-    """See ops.selective_scan.selective_state_update. state: (b, d, n)."""
+    """See ops.selective_scan.selective_state_update. state: (b, d, n); u, delta, z: (b, d)."""
+    channels = u.shape[1]
     new_state = state.float().clone()
-    y = _state_update_kernel(new_state, u, delta, A, B, C, D=D, z=z, dt_bias=delta_bias, dt_softplus=delta_softplus)
+    y = _state_update_kernel(new_state, u, delta, A.float(), B, C, D=_fp32_or_zeros(D, channels, u.device), z=z,
+                             dt_bias=_fp32_or_zeros(delta_bias, channels, u.device), dt_softplus=delta_softplus)
     return y, new_state
 
 
-def ssd(x, dt, A, B, C, chunk_size, D=None, dt_bias=None, dt_softplus=True, dt_limit=(0.0, float("inf")),
+def ssd(x, dt, A, B, C, chunk_size, D=None, dt_bias=None, dt_softplus=True, dt_limit=NO_DT_LIMIT,
         initial_state=None):
     """See ops.ssd.ssd_chunked. x: (b, l, h, p) -> (y, state (b, h, p, n))."""
     y, final_state = mamba_chunk_scan_combined(
-        x, dt, A, B, C, chunk_size, D=D, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit,
+        x, dt, A, B, C, chunk_size, D=D, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=tuple(dt_limit),
         initial_states=None if initial_state is None else initial_state.float(), return_final_states=True,
     )
     return y, final_state.float()
 
 
-def ssd_state_update(state, x, dt, A, B, C, D=None, dt_bias=None, dt_softplus=True, dt_limit=(0.0, float("inf"))):
+def ssd_state_update(state, x, dt, A, B, C, D=None, dt_bias=None, dt_softplus=True, dt_limit=NO_DT_LIMIT):
     """See ops.ssd.ssd_state_update, through the kernel's tied-head layout. state: (b, h, p, n)."""
     heads, head_dim = x.shape[1], x.shape[2]
     state_size = B.shape[-1]
-    if dt_limit != (0.0, float("inf")):  # the kernel has no clamp: discretize here
+    if tuple(dt_limit) != NO_DT_LIMIT:  # the kernel has no clamp: discretize here, then a zero bias
         dt, dt_bias, dt_softplus = discretize_dt(dt, dt_bias, dt_softplus, dt_limit), None, False
     dt_p = dt.unsqueeze(-1).expand(-1, heads, head_dim)  # (b, h, p), stride 0 over p
-    A_p = A.float()[:, None, None].expand(heads, head_dim, state_size)  # (h, p, n)
-    D_p = None if D is None else D.float()[:, None].expand(heads, head_dim)  # (h, p)
-    bias_p = None if dt_bias is None else dt_bias.float()[:, None].expand(heads, head_dim)  # (h, p)
+    A_p = A.float()[:, None, None].expand(heads, head_dim, state_size)  # (h, p, n), strides 0 over p, n
+    D_p = _fp32_or_zeros(D, heads, x.device)[:, None].expand(heads, head_dim)  # (h, p)
+    bias_p = _fp32_or_zeros(dt_bias, heads, x.device)[:, None].expand(heads, head_dim)  # (h, p), stride 0 over p
     new_state = state.float().clone()
     y = _state_update_kernel(new_state, x, dt_p, A_p, B, C, D=D_p, dt_bias=bias_p, dt_softplus=dt_softplus)
     return y, new_state
 
 
+def _fp32_or_zeros(t: torch.Tensor | None, size: int, device: torch.device) -> torch.Tensor:
+    """t as fp32, or zeros (size,): the state-update kernel dereferences D and dt_bias even when None."""
+    return torch.zeros(size, device=device) if t is None else t.float()
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_conv_fallback(channels: int) -> None:
+    warnings.warn(f"hier_mamba: causal_conv1d's kernel needs conv channels divisible by {CONV_CHANNEL_MULTIPLE}, "
+                  f"got {channels} (Mamba1: intermediate_size; Mamba2: intermediate_size + 2 * n_groups * state_size): "
+                  "the torch conv runs instead", stacklevel=3)
