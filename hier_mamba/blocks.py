@@ -7,17 +7,22 @@ checkpointing), independent of the cycle-wise setting ``checkpoint_cycles``.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .configuration import HierMambaConfig
+from .grid import inverse_order, scan_order
 from .mixers import MIXER_CLASSES, MixerState
 from .norms import RMSNorm
 
 
 class Block(GradientCheckpointingLayer):
-    """x + mixer(norm(x)); with ``bidirectional`` also + reverse_mixer over the time-reversed sequence.
+    """x + mixer(norm(x)); with ``bidirectional`` also + reverse_mixer over the time-reversed sequence;
+    with ``grid_scan_orders`` beyond "row", also + both scans of each further grid order (grid.py),
+    each run on the permuted sequence and its output permuted back.
 
     forward: (b, l, d) -> (b, l, d) and the mixer's final state; step: (b, d) -> (b, d) and new state.
     """
@@ -29,6 +34,14 @@ class Block(GradientCheckpointingLayer):
         self.mixer = mixer_class(config)
         # The reverse scan sees the future: only for non-generative (puzzle) heads.
         self.reverse_mixer = mixer_class(config) if config.bidirectional else None
+        extra_orders = [order for order in config.grid_scan_orders if order != "row"]
+        self.grid_mixers = nn.ModuleDict({order: nn.ModuleList([mixer_class(config), mixer_class(config)])
+                                          for order in extra_orders})  # (forward, reverse) per order
+        self.grid_length = math.prod(config.grid_shape) if config.grid_shape else None
+        for order in extra_orders:  # non-persistent: derived from the config, not weights
+            permutation = scan_order(order, config.grid_shape, config.box_shape)
+            self.register_buffer(f"{order}_order", permutation, persistent=False)
+            self.register_buffer(f"{order}_inverse", inverse_order(permutation), persistent=False)
 
     def forward(
         self,
@@ -37,14 +50,23 @@ class Block(GradientCheckpointingLayer):
         attention_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, MixerState]:
         """hidden_states: (b, l, d); state: the forward mixer's initial state or None. Returns (b, l, d), final state."""
+        # 1. The row-major (given-order) scan, whose final state a cache can continue from.
         normed = self.norm(hidden_states)
         out, final_state = self.mixer(normed, state, attention_mask)
         if self.reverse_mixer is not None:
             if state is not None:
                 raise ValueError("a bidirectional block cannot continue from a recurrent state (no cache, no generation)")
-            mask = None if attention_mask is None else attention_mask.flip(1)
-            reverse_out, _ = self.reverse_mixer(normed.flip(1), None, mask)  # (b, l, d), time reversed
-            out = out + reverse_out.flip(1)
+            out = out + _reverse_scan(self.reverse_mixer, normed, attention_mask)
+        # 2. Each further grid order: permute into scan order, scan both ways, permute back.
+        if self.grid_mixers and normed.shape[1] != self.grid_length:
+            raise ValueError(f"grid_scan_orders needs sequences of grid_shape's {self.grid_length} cells, "
+                             f"got length {normed.shape[1]}")
+        for order, (forward_mixer, reverse_mixer) in self.grid_mixers.items():
+            permutation, inverse = getattr(self, f"{order}_order"), getattr(self, f"{order}_inverse")
+            permuted = normed[:, permutation]  # (b, l, d) in scan order
+            mask = None if attention_mask is None else attention_mask[:, permutation]
+            scanned = forward_mixer(permuted, None, mask)[0] + _reverse_scan(reverse_mixer, permuted, mask)
+            out = out + scanned[:, inverse]  # (b, l, d) back in row-major order
         return hidden_states + out, final_state
 
     def step(self, hidden_states: torch.Tensor, state: MixerState) -> tuple[torch.Tensor, MixerState]:
@@ -53,6 +75,12 @@ class Block(GradientCheckpointingLayer):
             raise ValueError("a bidirectional block has no single-token step (it reads the future)")
         out, new_state = self.mixer.step(self.norm(hidden_states), state)
         return hidden_states + out, new_state
+
+
+def _reverse_scan(mixer: nn.Module, x: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """mixer over the time-reversed sequence, returned in forward time. x: (b, l, d) -> (b, l, d)."""
+    mask = None if attention_mask is None else attention_mask.flip(1)
+    return mixer(x.flip(1), None, mask)[0].flip(1)
 
 
 class Stack(nn.Module):

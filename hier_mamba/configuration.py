@@ -17,6 +17,10 @@ Glossary (code name -> HRM / Mamba paper symbol):
     scale_embeddings     HRM's input scale: embeddings drawn with std 1/sqrt(d) and multiplied by sqrt(d),
                          so the injected x has unit RMS like z_H and z_L (False: std initializer_range,
                          no multiplier -- x then enters ~50x smaller than the states it is added to).
+    grid_shape           (rows, cols) of a grid input flattened row-major (puzzles); None for sequences.
+    grid_scan_orders     the orders each block scans the grid in, each forward and reversed, summed:
+                         "row" (the sequence as given), "col" (column-major), "box" (box-major, Sudoku's
+                         boxes of box_shape). Anything beyond ("row",) needs grid_shape and bidirectional.
     position_embeddings  rows of a learned absolute position table added to the puzzle head's input
                          embeddings (0 = none). A real-decay scan cannot count positions modulo a
                          row length, so without it a grid cell cannot know its column or box.
@@ -33,6 +37,8 @@ from __future__ import annotations
 import math
 
 from transformers import PreTrainedConfig
+
+from .grid import SCAN_ORDERS
 
 MIXERS = ("mamba2", "mamba1")
 SSM_BACKENDS = ("auto", "torch", "cuda")
@@ -81,6 +87,9 @@ class HierMambaConfig(PreTrainedConfig):
         tie_word_embeddings: bool = True,
         use_cache: bool = True,
         bidirectional: bool = False,
+        grid_shape: tuple[int, int] | None = None,
+        grid_scan_orders: tuple[str, ...] = ("row",),
+        box_shape: tuple[int, int] | None = None,
         bptt_steps: int | str | None = 2,
         checkpoint_cycles: bool = False,
         ssm_backend: str = "auto",
@@ -127,6 +136,9 @@ class HierMambaConfig(PreTrainedConfig):
         self.rescale_prenorm_residual = rescale_prenorm_residual
         self.use_cache = use_cache
         self.bidirectional = bidirectional
+        self.grid_shape = None if grid_shape is None else tuple(grid_shape)
+        self.grid_scan_orders = tuple(grid_scan_orders)
+        self.box_shape = None if box_shape is None else tuple(box_shape)
         self.bptt_steps = bptt_steps
         self.checkpoint_cycles = checkpoint_cycles
         self.ssm_backend = ssm_backend
@@ -216,6 +228,7 @@ class HierMambaConfig(PreTrainedConfig):
             raise ValueError(f"position_embeddings must be an int >= 0 (0 = none), got {self.position_embeddings!r}")
         if not self.synthetic_gradient_scale > 0:
             raise ValueError(f"synthetic_gradient_scale must be > 0, got {self.synthetic_gradient_scale!r}")
+        self._validate_grid()
         _check_choice("ssm_backend", self.ssm_backend, SSM_BACKENDS)
         _check_choice("act_eval_mode", self.act_eval_mode, ACT_EVAL_MODES)
         _check_choice("act_training", self.act_training, ACT_TRAINING_MODES)
@@ -254,6 +267,25 @@ class HierMambaConfig(PreTrainedConfig):
             value = getattr(self, name, None)
             if value is not None and not 0 <= value < self.vocab_size:
                 raise ValueError(f"{name}={value} is outside the vocabulary [0, {self.vocab_size})")
+
+    def _validate_grid(self) -> None:
+        for name in ("grid_shape", "box_shape"):
+            value = getattr(self, name)
+            if value is not None and (len(value) != 2 or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                                 and v > 0 for v in value)):
+                raise ValueError(f"{name} must be None or two positive ints (rows, cols), got {value!r}")
+        orders = self.grid_scan_orders
+        if not orders or len(set(orders)) != len(orders) or any(o not in SCAN_ORDERS for o in orders):
+            raise ValueError(f"grid_scan_orders must be distinct names from {SCAN_ORDERS}, got {orders!r}")
+        if "row" not in orders:
+            raise ValueError(f"grid_scan_orders must include 'row' (the block's own scan), got {orders!r}")
+        if orders != ("row",) and (self.grid_shape is None or not self.bidirectional):
+            raise ValueError(f"grid_scan_orders={orders!r} needs grid_shape and bidirectional=True "
+                             f"(got grid_shape={self.grid_shape!r}, bidirectional={self.bidirectional!r})")
+        if "box" in orders and (self.box_shape is None or self.grid_shape[0] % self.box_shape[0]
+                                or self.grid_shape[1] % self.box_shape[1]):
+            raise ValueError(f"grid_scan_orders with 'box' needs a box_shape dividing grid_shape={self.grid_shape!r}, "
+                             f"got box_shape={self.box_shape!r}")
 
 
 def _check_positive_int(name: str, value) -> None:
