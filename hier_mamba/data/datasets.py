@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import logging
 import random
 from collections.abc import Callable, Sequence
@@ -147,9 +148,9 @@ def _cache_path(cache_dir: str | Path | None, kind: str, params: dict) -> Path |
 def _save(path: Path, arrays: dict[str, dict[str, np.ndarray]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     flat = {f"{split}/{k}": v for split, d in arrays.items() for k, v in d.items()}
-    tmp = path.with_suffix(".tmp.npz")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # per process: parallel runs may build the same splits
     np.savez_compressed(tmp, **flat)
-    tmp.replace(path)
+    tmp.replace(path)  # atomic: a reader sees the old file or the whole new one
     logger.info("cached puzzle splits at %s", path)
 
 
