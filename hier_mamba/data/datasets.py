@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import logging
+import os
 import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
