@@ -98,6 +98,30 @@ def q_learning_targets(
     return torch.sigmoid(torch.where(is_last_step, next_q_halt_logits, best_next))
 
 
+def q_halt_loss(q_halt_logits: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """BCE of q_halt against "the segment's answer is exactly right" (HRM's halting target).
+
+    q_halt_logits: (b,); logits: (b, l, V) of the same segment (no gradient flows through the target);
+    labels: (b, l). Returns (b,) per-sequence losses.
+    """
+    correct = sequence_is_correct(logits.detach(), labels).to(q_halt_logits.dtype)  # (b,)
+    return F.binary_cross_entropy_with_logits(q_halt_logits, correct, reduction="none")
+
+
+def q_continue_loss(
+    q_continue_logits: torch.Tensor,
+    next_q_halt_logits: torch.Tensor,
+    next_q_continue_logits: torch.Tensor,
+    is_last_step: torch.Tensor | bool,
+) -> torch.Tensor:
+    """BCE of q_continue against :func:`q_learning_targets` of the next segment's Q logits (detached here).
+
+    q_continue_logits, next_q_*_logits: (b,); is_last_step: (b,) bool or a bool. Returns (b,).
+    """
+    target = q_learning_targets(next_q_halt_logits.detach(), next_q_continue_logits.detach(), is_last_step)
+    return F.binary_cross_entropy_with_logits(q_continue_logits, target, reduction="none")
+
+
 def draw_min_halt_steps(
     batch_size: int,
     max_steps: int,
@@ -109,8 +133,8 @@ def draw_min_halt_steps(
 
     Returns (batch_size,) int64. Both random draws are always made (one ``rand`` and one ``randint``
     of ``batch_size`` each, from ``generator`` or the global torch RNG), so seeding reproduces them.
-    Drawn once per forward: a sequence may not halt before its M_min (the HRM paper's description;
-    HRM's code redraws at every step).
+    A sequence may not halt before its M_min. ``act_training="all_segments"`` draws once per forward
+    (the HRM paper's description); ``"one_segment"`` draws at every step, as HRM's code does.
     """
     if not 0.0 <= exploration_prob <= 1.0:
         raise ValueError(f"exploration_prob must be in [0, 1], got {exploration_prob!r}")
@@ -122,7 +146,7 @@ def draw_min_halt_steps(
 
 
 def halting_decision(
-    step: int,
+    step: int | torch.Tensor,
     max_steps: int,
     q_halt_logits: torch.Tensor,
     q_continue_logits: torch.Tensor,
@@ -133,13 +157,17 @@ def halting_decision(
 ) -> torch.Tensor:
     """Whether each sequence halts after segment ``step`` (1-based). q_*_logits: (b,). Returns (b,) bool.
 
+    ``step`` is one int for the whole batch (all segments in one forward) or a (b,) int tensor of
+    per-sequence segment counts (one segment per training step, act_stream.py: each slot of the
+    batch is at its own step; values are not range-checked there).
+
     Training: halt at the last step, or when q_halt > q_continue, but never before M_min.
     Evaluation: ``eval_mode="max_steps"`` runs every segment (HRM's evaluation);
     ``"q_halt"`` halts when q_halt > q_continue (or at the last step).
     """
-    if not 1 <= step <= max_steps:
+    if not isinstance(step, torch.Tensor) and not 1 <= step <= max_steps:
         raise ValueError(f"step must be in [1, max_steps={max_steps}], got {step}")
-    is_last = torch.full_like(q_halt_logits, step >= max_steps, dtype=torch.bool)  # (b,)
+    is_last = torch.zeros_like(q_halt_logits, dtype=torch.bool) | (step >= max_steps)  # (b,)
     wants_halt = q_halt_logits > q_continue_logits  # (b,)
     if training:
         halted = is_last | wants_halt

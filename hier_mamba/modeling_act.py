@@ -1,9 +1,16 @@
-"""HierMambaForTokenClassification: HRM's puzzle head with ACT and deep supervision, in one forward.
+"""HierMambaForTokenClassification: HRM's puzzle head with ACT and deep supervision.
 
-One call runs up to ``halt_max_steps`` *segments* (one full H/L pass each). Between segments the
-carry (z_H, z_L) is detached, so the loss, a sum over segments, has the gradient of the sum of
-per-segment losses: HRM's deep supervision, but with one optimizer step per batch (HRM steps the
-optimizer after every segment), which is what lets ``transformers.Trainer`` train it unchanged.
+Training has two schedules (``config.act_training``), dispatched by ``forward``:
+
+* ``"one_segment"`` (default; HRM's and TRM's code): each training forward runs *one* segment of a
+  stream of puzzles whose carry is kept across calls, halted puzzles replaced by the batch's new
+  ones; the optimizer steps after every segment. The stream is act_stream.py.
+* ``"all_segments"``: one call runs every segment of the batch, described below. Evaluation
+  (``model.eval()``) always runs this way, as does a training forward without labels.
+
+All segments in one call: up to ``halt_max_steps`` *segments* (one full H/L pass each). Between
+segments the carry (z_H, z_L) is detached, so the loss, a sum over segments, has the gradient of the
+sum of per-segment losses: HRM's deep supervision, but with one optimizer step per batch.
 Activation memory grows with the number of segments run (each keeps its own graph until backward).
 
 Per segment s, over the sequences still running (not halted at an earlier segment), with b the
@@ -29,7 +36,6 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 from transformers.modeling_outputs import ModelOutput
@@ -38,10 +44,11 @@ from .act import (
     IGNORE_INDEX,
     draw_min_halt_steps,
     halting_decision,
-    q_learning_targets,
+    q_continue_loss,
+    q_halt_loss,
     sequence_cross_entropy,
-    sequence_is_correct,
 )
+from .act_stream import ACTStream
 from .configuration import HierMambaConfig
 from .modeling import HierMambaModel, HierMambaPreTrainedModel, check_token_ids
 from .reasoning import Carry
@@ -57,12 +64,17 @@ class HierMambaACTOutput(ModelOutput):
 
     loss:              deep-supervision loss (module docstring), when labels are given.
     logits:            (b, l, vocab) of the segment each sequence halted at (or the last run), fp32.
+                       In one_segment training: of this step's segment, for the stream's puzzles (a
+                       slot still running holds an earlier batch's puzzle, not this batch's row).
     q_halt_logits:     (b,) Q logit of halting, from that same segment.
     q_continue_logits: (b,) Q logit of continuing, from that same segment.
-    steps:             (b,) int64, segments each sequence used (1..number of segments).
+    steps:             (b,) int64, segments each sequence used (1..number of segments); in one_segment
+                       training the segments each slot's puzzle has run, this one included.
     all_logits:        (segments run, b, l, vocab), only with ``return_all_segments``.
     all_q_logits:      (segments run, b, 2) of (halt, continue), only with ``return_all_segments``.
     lm_loss, q_halt_loss, q_continue_loss: the summed components of ``loss``, detached.
+    halted:            (b,) bool, one_segment training only: the slots whose puzzle halted at this
+                       step (they take the next batch's puzzle); ``halted.sum()`` counts them.
     """
 
     loss: torch.Tensor | None = None
@@ -75,6 +87,7 @@ class HierMambaACTOutput(ModelOutput):
     lm_loss: torch.Tensor | None = None
     q_halt_loss: torch.Tensor | None = None
     q_continue_loss: torch.Tensor | None = None
+    halted: torch.Tensor | None = None
 
 
 class Segment(NamedTuple):
@@ -104,6 +117,8 @@ class HierMambaForTokenClassification(HierMambaPreTrainedModel):
     ``config.position_embeddings = n > 0`` an Embedding(n, hidden) of positions added to the token
     embeddings (HRM's learned position encoding), and, with ``config.synthetic_gradients``,
     ``synthetic_gradient`` predicting the gradient cut at each segment boundary (synthetic_gradients.py).
+    ``act_stream`` holds the one_segment training stream (runtime state, not saved; act_stream.py):
+    ``reset_training_carry()`` empties it, and loading a state dict does too.
     """
 
     accepts_loss_kwargs = False  # the loss is normalised here; Trainer must scale it for accumulation
@@ -117,7 +132,13 @@ class HierMambaForTokenClassification(HierMambaPreTrainedModel):
                                     if config.position_embeddings else None)
         self.synthetic_gradient = (SyntheticGradientModel(config.hidden_size, config.rms_norm_eps)
                                    if config.synthetic_gradients else None)
+        self.act_stream = ACTStream()  # a plain object: not a parameter, buffer or submodule
+        self.register_load_state_dict_post_hook(_restart_act_stream)  # new weights: fresh puzzles
         self.post_init()
+
+    def reset_training_carry(self) -> None:
+        """Restart the one_segment training stream: the next training step takes all its puzzles from its batch."""
+        self.act_stream.reset()
 
     def _init_weights(self, module: nn.Module) -> None:
         """The backbone's init, then HRM's heads: lm_head LeCun normal (std 1/sqrt(d)) and the Q-head
@@ -146,15 +167,36 @@ class HierMambaForTokenClassification(HierMambaPreTrainedModel):
                 this tests with more (or fewer) segments than training used.
             return_all_segments: also return every segment's logits and Q logits.
         Returns:
-            HierMambaACTOutput (see its docstring). Halting follows ``act.halting_decision``: Q-head
-            and exploration in training, ``config.act_eval_mode`` in evaluation.
+            HierMambaACTOutput (see its docstring). Training with labels and ``config.act_training=
+            "one_segment"`` runs one segment of the training stream (act_stream.py); otherwise all
+            segments run here. Halting follows ``act.halting_decision``: Q-head and exploration in
+            training, ``config.act_eval_mode`` in evaluation.
         """
-        # 1. Validate and embed once: every segment injects the same x.
-        max_steps = self._max_steps(num_segments)
         self._check_inputs(input_ids, labels, attention_mask)
-        x = self.model.get_input_embeddings()(input_ids)  # (b, l, d); the backbone applies the sqrt(d) scale
-        if self.position_embeddings is not None:  # HRM: 1/sqrt(2) keeps the sum of two unit-scale tables unit-scale
-            x = INV_SQRT2 * (x + self.position_embeddings.weight[: x.shape[1]])  # (l, d) broadcast over the batch
+        if self.training and labels is not None and self.config.act_training == "one_segment":
+            if num_segments is not None or return_all_segments:
+                raise ValueError("num_segments and return_all_segments apply when all segments run in one forward "
+                                 "(evaluation, or act_training='all_segments'); one_segment training runs one")
+            return self._forward_one_segment(input_ids, labels, attention_mask)
+        return self._forward_all_segments(input_ids, labels, attention_mask, self._max_steps(num_segments),
+                                          return_all_segments)
+
+    def _forward_one_segment(self, input_ids, labels, attention_mask) -> HierMambaACTOutput:
+        """One segment of the training stream, refilled from this batch (act_stream.py). (b, l) inputs."""
+        step = self.act_stream.step(self, input_ids, labels, attention_mask)
+        segment, state = step.segment, step.state
+        return HierMambaACTOutput(
+            loss=step.lm_loss + 0.5 * (step.q_halt_loss + step.q_continue_loss), logits=segment.logits,
+            q_halt_logits=segment.q_halt, q_continue_logits=segment.q_continue, steps=state.steps,
+            lm_loss=step.lm_loss.detach(), q_halt_loss=step.q_halt_loss.detach(),
+            q_continue_loss=step.q_continue_loss.detach(), halted=state.halted,
+        )
+
+    def _forward_all_segments(self, input_ids, labels, attention_mask, max_steps: int,
+                              return_all_segments: bool) -> HierMambaACTOutput:
+        """Every segment of the batch in this call (module docstring). (b, l) inputs, validated."""
+        # 1. Embed once: every segment injects the same x.
+        x = self._embed(input_ids)  # (b, l, d)
         batch = x.shape[0]
         # 2. Exploration: the minimum number of segments of each sequence (training only: eval draws nothing).
         min_halt_steps = (draw_min_halt_steps(batch, max_steps, self.config.halt_exploration_prob, device=x.device)
@@ -188,6 +230,13 @@ class HierMambaForTokenClassification(HierMambaPreTrainedModel):
         return self._output(final, steps, terms, history, batch)
 
     # segments ---------------------------------------------------------------------------------
+    def _embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The injected input x (b, l, d) of puzzle tokens (b, l): token (+ position) embeddings."""
+        x = self.model.get_input_embeddings()(input_ids)  # (b, l, d); the backbone applies the sqrt(d) scale
+        if self.position_embeddings is not None:  # HRM: 1/sqrt(2) keeps the sum of two unit-scale tables unit-scale
+            x = INV_SQRT2 * (x + self.position_embeddings.weight[: x.shape[1]])  # (l, d) broadcast over the batch
+        return x
+
     def _segment(self, x: torch.Tensor, carry: Carry | None, attention_mask: torch.Tensor | None) -> Segment:
         """One full H/L pass from ``carry`` (None: the initial states). x: (b, l, d)."""
         outputs = self.model(inputs_embeds=x, attention_mask=attention_mask, carry=carry, use_cache=False)
@@ -217,16 +266,14 @@ class HierMambaForTokenClassification(HierMambaPreTrainedModel):
     def _open(self, segment: Segment, labels: torch.Tensor, running: torch.Tensor, is_last_step: bool) -> _PendingLoss:
         """Loss terms of ``segment`` that need no future: token CE and the q_halt BCE."""
         lm = sequence_cross_entropy(segment.logits, labels, self.config.loss_type)  # (b,)
-        correct = sequence_is_correct(segment.logits.detach(), labels).to(segment.q_halt.dtype)  # (b,)
-        q_halt = F.binary_cross_entropy_with_logits(segment.q_halt, correct, reduction="none")  # (b,)
+        q_halt = q_halt_loss(segment.q_halt, segment.logits, labels)  # (b,) BCE against exact correctness
         return _PendingLoss(lm, q_halt, segment.q_continue, running, is_last_step)
 
     @staticmethod
     def _close(pending: _PendingLoss, next_segment: Segment) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(lm, q_halt, q_continue) of the pending segment, each summed over its running sequences."""
-        target = q_learning_targets(next_segment.q_halt.detach(), next_segment.q_continue.detach(),
-                                    pending.is_last_step)  # (b,)
-        q_continue = F.binary_cross_entropy_with_logits(pending.q_continue_logits, target, reduction="none")  # (b,)
+        q_continue = q_continue_loss(pending.q_continue_logits, next_segment.q_halt, next_segment.q_continue,
+                                     pending.is_last_step)  # (b,)
         weight = pending.running.to(pending.lm.dtype)  # (b,)
         return (pending.lm * weight).sum(), (pending.q_halt * weight).sum(), (q_continue * weight).sum()
 
@@ -269,6 +316,11 @@ class HierMambaForTokenClassification(HierMambaPreTrainedModel):
         if attention_mask is not None and attention_mask.shape != input_ids.shape:
             raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, "
                              f"expected input_ids' {tuple(input_ids.shape)}")
+
+
+def _restart_act_stream(module: HierMambaForTokenClassification, incompatible_keys) -> None:
+    """load_state_dict post-hook: new weights start the one_segment training stream from fresh puzzles."""
+    module.reset_training_carry()
 
 
 def _masked_mean(z: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:

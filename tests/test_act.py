@@ -111,7 +111,7 @@ def test_draw_min_halt_steps_range_and_probability():
 
 # ------------------------------------------------------------------------------- the model: halting
 def test_act_runs_exactly_halt_max_steps_when_q_never_says_halt():
-    model = tiny_model(halt_max_steps=3).train()
+    model = tiny_model(halt_max_steps=3, act_training="all_segments").train()
     input_ids, labels = puzzles()
     output = model(input_ids, labels=labels, return_all_segments=True)  # HRM init: q_halt == q_continue
     assert output.steps.tolist() == [3, 3, 3, 3]
@@ -130,7 +130,7 @@ def test_q_head_halting_in_training_and_in_q_halt_evaluation():
 
 
 def test_act_never_exceeds_max_steps_and_halted_sequences_keep_their_logits():
-    model = tiny_model(halt_max_steps=4)
+    model = tiny_model(halt_max_steps=4, act_training="all_segments")
     input_ids, labels = puzzles(batch=8)
     split_halting(model, input_ids, segments=4)  # per-sequence decisions
     output = model(input_ids, labels=labels, return_all_segments=True)
@@ -202,7 +202,7 @@ def split_halting(model, input_ids, segments: int) -> None:
 
 
 def test_loss_equals_the_sum_of_per_sequence_per_segment_losses_with_halting():
-    model = tiny_model(halt_max_steps=4)
+    model = tiny_model(halt_max_steps=4, act_training="all_segments")
     input_ids, labels = puzzles(batch=6)
     split_halting(model, input_ids, segments=4)
     output = model(input_ids, labels=labels)
@@ -225,7 +225,7 @@ def test_loss_equals_the_sum_of_per_sequence_per_segment_losses_with_halting():
 
 
 def test_gradient_is_the_sum_of_per_segment_gradients():
-    model = tiny_model(halt_max_steps=3, bptt_steps=None).train()
+    model = tiny_model(halt_max_steps=3, bptt_steps=None, act_training="all_segments").train()
     set_q_head(model, weight_std=0.1, continue_bias=5.0)  # never halts: every segment counts
     input_ids, labels = puzzles()
     model(input_ids, labels=labels).loss.backward()
@@ -245,8 +245,9 @@ def test_gradient_is_the_sum_of_per_segment_gradients():
 
 
 def test_synthetic_gradient_boundary_keeps_the_loss_and_trains_its_predictor():
-    detached = tiny_model(halt_max_steps=3, bptt_steps=None).train()
-    synthetic = tiny_model(halt_max_steps=3, bptt_steps=None, synthetic_gradients=True).train()
+    detached = tiny_model(halt_max_steps=3, bptt_steps=None, act_training="all_segments").train()
+    synthetic = tiny_model(halt_max_steps=3, bptt_steps=None, synthetic_gradients=True,
+                           act_training="all_segments").train()
     synthetic.load_state_dict(detached.state_dict(), strict=False)
     input_ids, labels = puzzles()
     loss = detached(input_ids, labels=labels).loss
