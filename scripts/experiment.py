@@ -4,9 +4,11 @@
         --out docs/results/maze_architectures.json [--budget-s 180] [--max-steps N] [--parallel 2]
 
 The grid YAML maps a variant name to overrides of the base config's `model:` (and optionally
-`training:`) sections. Every variant trains with HF Trainer on the same data, seed and budget (a wall
-clock limit and/or a step limit), then is evaluated on the test split at several numbers of ACT
-segments. Results (accuracy, parameters, steps done, seconds, peak RSS) go to a JSON file; use
+`training:`) sections, plus an optional `seed` (the model's init and data order; the puzzles stay
+fixed) and `optimizer_groups` ("hier_mamba", the default, or "trainer": transformers' own weight-decay
+filter). Every variant trains with HF Trainer on the same data and budget (a wall clock limit and/or a
+step limit), then is evaluated on the test split at several numbers of ACT segments. Results
+(accuracy, parameters, steps done, seconds, peak RSS) go to a JSON file; use
 scripts/plot_results.py to turn them into tables and PNGs.
 """
 
@@ -24,12 +26,17 @@ from pathlib import Path
 
 import torch
 import yaml
-from transformers import TrainerCallback, TrainingArguments, set_seed
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from hier_mamba import HierMambaTrainer  # Trainer without weight decay on A_log, D, dt_bias, norms, biases
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import task_puzzle  # noqa: E402  (scripts/ is not a package)
+
+
+# A variant's `optimizer_groups`: "hier_mamba" exempts A_log, D, dt_bias, norms and biases from weight decay
+# (hier_mamba/optim.py); "trainer" is transformers.Trainer's own name filter (decays A_log and D: the ablation).
+TRAINERS = {"hier_mamba": HierMambaTrainer, "trainer": Trainer}
 
 
 class TimeBudget(TrainerCallback):
@@ -94,7 +101,7 @@ def accuracy_at_segments(model, dataset, segments: list[int], batch_size: int = 
 
 
 def run_variant(name: str, base: dict, overrides: dict, budget_s: float | None, max_steps: int | None,
-                segments: list[int], threads: int) -> dict:
+                segments: list[int], threads: int, save_dir: str | None = None) -> dict:
     """Train one variant and evaluate it. Runs in its own process when --parallel > 1."""
     torch.set_num_threads(threads)
     config = copy.deepcopy(base)
@@ -102,20 +109,25 @@ def run_variant(name: str, base: dict, overrides: dict, budget_s: float | None, 
     config["training"].update(overrides.get("training", {}))
     if max_steps is not None:
         config["training"]["max_steps"] = max_steps
-    set_seed(config.get("seed", 0))
+    seed = overrides.get("seed", config.get("seed", 0))  # the model's init and the data order; the puzzles stay
+    set_seed(seed)
     train_set, test_set = task_puzzle.build_datasets(config["data"], config.get("seed", 0))
+    set_seed(seed)
     model = task_puzzle.build_model(config["model"])
     warmup_steps = config["training"].get("warmup_steps", 0)
     if budget_s is not None:  # TimeBudget owns the schedule: cosine over the wall-clock budget
         config["training"].update(lr_scheduler_type="constant", warmup_steps=0)
     training = {**config["training"], "save_strategy": "no", "eval_strategy": "no", "report_to": [],
-                "disable_tqdm": True, "use_cpu": True, "seed": config.get("seed", 0)}
+                "disable_tqdm": True, "use_cpu": True, "seed": seed}
     args = TrainingArguments(output_dir=f"/tmp/hier_mamba_experiment/{name}", **training)
-    trainer = HierMambaTrainer(model=model, args=args, train_dataset=train_set, data_collator=task_puzzle.collate,
-                               callbacks=[TimeBudget(budget_s, warmup_steps)])
+    trainer_class = TRAINERS[overrides.get("optimizer_groups", "hier_mamba")]
+    trainer = trainer_class(model=model, args=args, train_dataset=train_set, data_collator=task_puzzle.collate,
+                            callbacks=[TimeBudget(budget_s, warmup_steps)])
     start = time.perf_counter()
     output = trainer.train()
     seconds = time.perf_counter() - start
+    if save_dir is not None:  # the trained model, loadable with from_pretrained
+        model.save_pretrained(Path(save_dir) / name)
     return {
         "name": name,
         "overrides": overrides,
@@ -137,11 +149,12 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=None, help="training steps per variant")
     parser.add_argument("--segments", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     parser.add_argument("--parallel", type=int, default=1, help="variants trained at once (one thread each)")
+    parser.add_argument("--save-dir", default=None, help="save each trained variant to SAVE_DIR/NAME")
     args = parser.parse_args()
     base = yaml.safe_load(Path(args.config).read_text())
     grid = yaml.safe_load(Path(args.grid).read_text())
     jobs = [(name, base, overrides or {}, args.budget_s, args.max_steps, args.segments,
-             1 if args.parallel > 1 else torch.get_num_threads()) for name, overrides in grid.items()]
+             1 if args.parallel > 1 else torch.get_num_threads(), args.save_dir) for name, overrides in grid.items()]
     record = {"config": args.config, "grid": args.grid, "budget_s": args.budget_s, "max_steps": args.max_steps,
               "command": " ".join(sys.argv), "torch": torch.__version__, "results": []}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
