@@ -235,6 +235,10 @@ class HierMambaConfig(PreTrainedConfig):
         _check_choice("loss_type", self.loss_type, LOSS_TYPES)
         if not isinstance(self.conv_kernel, int) or not 2 <= self.conv_kernel <= 4:
             raise ValueError(f"conv_kernel must be an int in [2, 4] (the causal-conv1d kernel limit), got {self.conv_kernel!r}")
+        conv_channels = self.intermediate_size + (2 * self.n_groups * self.state_size if self.mixer == "mamba2" else 0)
+        if self.ssm_backend == "cuda" and conv_channels % 8:  # "auto" falls back to the torch conv instead
+            raise ValueError(f"ssm_backend='cuda' needs conv channels divisible by 8 (causal-conv1d's kernel), got "
+                             f"{conv_channels} (mamba1: expand*hidden_size; mamba2: that + 2*n_groups*state_size)")
         if self.mixer == "mamba2":
             if self.intermediate_size % self.head_dim:
                 raise ValueError(f"head_dim={self.head_dim} must divide expand*hidden_size={self.intermediate_size}")
