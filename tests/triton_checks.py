@@ -253,18 +253,17 @@ def main() -> None:
 
     result = dict(device=args.device, stubbed=stubbed, triton=triton.__version__, mamba_ssm=mamba_ssm.__version__,
                   torch=torch.__version__, interpreter=os.environ.get("TRITON_INTERPRET") == "1", checks={})
-    for dtype_name in args.dtypes:
-        for name in args.checks:
+    for name in args.checks:
+        for dtype_name in args.dtypes:
             key = name if dtype_name == "float32" else f"{name}[{dtype_name}]"
             try:
                 result["checks"][key] = CHECKS[name](args.device, getattr(torch, dtype_name))
             except Exception:  # reported, and the other checks still run
                 result["checks"][key] = dict(error=traceback.format_exc(limit=-6))
             print(f"{key}: {result['checks'][key]}", file=sys.stderr, flush=True)
-    text = json.dumps(result)
-    if args.json:
-        args.json.write_text(text)
-    print(text)
+            if args.json:  # after every check: a run stopped at a time limit keeps what it measured
+                args.json.write_text(json.dumps(result))
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":
