@@ -17,6 +17,8 @@ Glossary (code name -> HRM / Mamba paper symbol):
     scale_embeddings     HRM's input scale: embeddings drawn with std 1/sqrt(d) and multiplied by sqrt(d),
                          so the injected x has unit RMS like z_H and z_L (False: std initializer_range,
                          no multiplier -- x then enters ~50x smaller than the states it is added to).
+    no_act_continue      TRM's ``no_ACT_continue``: q_continue is held at 0 (halt iff q_halt > 0) and not
+                         trained, so no extra segment computes its target. False: HRM's Q-learning.
     grid_shape           (rows, cols) of a grid input flattened row-major (puzzles); None for sequences.
     grid_scan_orders     the orders each block scans the grid in, each forward and reversed, summed:
                          "row" (the sequence as given), "col" (column-major), "box" (box-major, Sudoku's
@@ -102,6 +104,7 @@ class HierMambaConfig(PreTrainedConfig):
         halt_max_steps: int = 8,
         halt_exploration_prob: float = 0.1,
         act_eval_mode: str = "max_steps",
+        no_act_continue: bool = False,
         act_training: str = "one_segment",  # HRM/TRM: one segment per optimizer step, the carry kept across steps
         loss_type: str = "softmax",
         position_embeddings: int = 0,
@@ -150,6 +153,7 @@ class HierMambaConfig(PreTrainedConfig):
         self.halt_max_steps = halt_max_steps
         self.halt_exploration_prob = halt_exploration_prob
         self.act_eval_mode = act_eval_mode
+        self.no_act_continue = no_act_continue
         self.act_training = act_training
         self.loss_type = loss_type
         self.position_embeddings = position_embeddings
@@ -252,8 +256,8 @@ class HierMambaConfig(PreTrainedConfig):
                                               or self.bptt_steps < 1):
             raise ValueError(f"bptt_steps must be None (full BPTT), an int >= 1 or one of {BPTT_WINDOWS}, "
                              f"got {self.bptt_steps!r}")
-        for name in ("bidirectional", "scale_embeddings", "checkpoint_cycles", "synthetic_gradients", "use_cache", "use_conv_bias", "use_bias",
-                     "rescale_prenorm_residual"):
+        for name in ("bidirectional", "scale_embeddings", "no_act_continue", "checkpoint_cycles", "synthetic_gradients",
+                     "use_cache", "use_conv_bias", "use_bias", "rescale_prenorm_residual"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if not 0 < self.time_step_min <= self.time_step_max:

@@ -210,7 +210,7 @@ class HierMambaForTokenClassification(HierMambaPreTrainedModel):
             running = ~halted
             if labels is not None:
                 if pending is not None:
-                    terms.append(self._close(pending, segment))
+                    terms.append(self._close(pending, None if self.config.no_act_continue else segment))
                 pending = self._open(segment, labels, running, is_last_step=step == max_steps)
             halted = halted | (running & halting_decision(
                 step, max_steps, segment.q_halt.detach(), segment.q_continue.detach(), training=self.training,
@@ -223,7 +223,9 @@ class HierMambaForTokenClassification(HierMambaPreTrainedModel):
                 break
             carry = self._boundary(segment.carry, still_running=~halted)
         # 4. The last segment's q_continue target needs one more segment's Q values (no gradient).
-        if pending is not None:
+        if pending is not None and self.config.no_act_continue:  # TRM: no q_continue, no extra segment
+            terms.append(self._close(pending, None))
+        elif pending is not None:
             with torch.no_grad():
                 extra = self._segment(x, segment.carry.detach(), attention_mask)
             terms.append(self._close(pending, extra))
@@ -244,7 +246,8 @@ class HierMambaForTokenClassification(HierMambaPreTrainedModel):
         logits = self.lm_head(z_H.to(self.lm_head.weight.dtype)).float()  # (b, l, vocab)
         pooled = _masked_mean(z_H, attention_mask)  # (b, d)
         q = self.q_head(pooled.to(self.q_head.weight.dtype)).float()  # (b, 2)
-        return Segment(outputs.carry, logits, q[:, 0], q[:, 1])
+        q_continue = torch.zeros_like(q[:, 1]) if self.config.no_act_continue else q[:, 1]  # TRM: halt iff q_halt > 0
+        return Segment(outputs.carry, logits, q[:, 0], q_continue)
 
     def _boundary(self, carry: Carry, still_running: torch.Tensor) -> Carry:
         """The carry handed to the next segment: detached, or through a synthetic-gradient boundary.
@@ -270,10 +273,14 @@ class HierMambaForTokenClassification(HierMambaPreTrainedModel):
         return _PendingLoss(lm, q_halt, segment.q_continue, running, is_last_step)
 
     @staticmethod
-    def _close(pending: _PendingLoss, next_segment: Segment) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(lm, q_halt, q_continue) of the pending segment, each summed over its running sequences."""
-        q_continue = q_continue_loss(pending.q_continue_logits, next_segment.q_halt, next_segment.q_continue,
-                                     pending.is_last_step)  # (b,)
+    def _close(pending: _PendingLoss, next_segment: Segment | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(lm, q_halt, q_continue) of the pending segment, each summed over its running sequences.
+
+        ``next_segment`` None: no q_continue is trained (``no_act_continue``), its term is 0.
+        """
+        q_continue = (torch.zeros_like(pending.lm) if next_segment is None else
+                      q_continue_loss(pending.q_continue_logits, next_segment.q_halt, next_segment.q_continue,
+                                      pending.is_last_step))  # (b,)
         weight = pending.running.to(pending.lm.dtype)  # (b,)
         return (pending.lm * weight).sum(), (pending.q_halt * weight).sum(), (q_continue * weight).sum()
 

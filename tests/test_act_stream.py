@@ -211,6 +211,24 @@ def test_single_segment_halts_every_step_and_trains_no_q_continue():
     torch.testing.assert_close(output.loss, output.lm_loss + 0.5 * output.q_halt_loss)
 
 
+@pytest.mark.parametrize("act_training", ["one_segment", "all_segments"])
+def test_no_act_continue_halts_on_q_halt_alone_and_runs_no_target_segment(act_training):
+    """TRM's no_ACT_continue: halt iff q_halt > 0, no q_continue loss, one backbone call per segment."""
+    model = tiny_model(q_weight_std=0.5, halt_max_steps=3, no_act_continue=True, act_training=act_training)
+    input_ids, labels = make_batches(1)[0]
+    with torch.no_grad():  # centre the halt logits on this batch so that some slots halt and some do not
+        model.q_head.bias[0] -= model.eval()(input_ids, num_segments=1).q_halt_logits.median() + 1e-3
+    calls = []
+    model.model.register_forward_hook(lambda *args: calls.append(1))
+    output = model.train()(input_ids, labels=labels)
+    segments = 1 if act_training == "one_segment" else int(output.steps.max())
+    assert len(calls) == segments and output.q_continue_loss == 0 and (output.q_continue_logits == 0).all()
+    torch.testing.assert_close(output.loss, output.lm_loss + 0.5 * output.q_halt_loss)
+    if act_training == "one_segment":  # step 1 of 3: only Q can halt, and it halts exactly the q_halt > 0 slots
+        assert torch.equal(output.halted, output.q_halt_logits > 0)
+        assert 0 < int(output.halted.sum()) < len(output.halted)
+
+
 def test_stream_is_runtime_state_restarted_by_reset_load_and_a_new_batch_shape():
     model = tiny_model(halt_max_steps=4)
     (input_ids, labels), (other, other_labels) = make_batches(2)

@@ -218,7 +218,7 @@ def test_bad_inputs_raise_clear_errors():
     ("head_dim", 48), ("ssm_backend", "triton"), ("time_step_min", 0.0), ("bidirectional", "yes"),
     ("n_groups", 3), ("pad_token_id", 999), ("halt_exploration_prob", 1.5), ("loss_type", "mse"),
     ("position_embeddings", -1), ("position_embeddings", True), ("bptt_steps", "two_steps"),
-    ("scale_embeddings", 1),
+    ("scale_embeddings", 1), ("no_act_continue", "yes"),
 ])
 def test_config_validation_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):
