@@ -1,9 +1,10 @@
 """CUDA kernels (mamba_ssm, causal_conv1d) vs the torch ops: forward, backward and step, fp32 and bf16.
 
-Skipped unless a CUDA device and the compiled kernels are present. Tolerances: fp32 kernels
-reorder sums (chunked matmuls, different scan order) -> rtol/atol 1e-3 relative to unit-scale
-outputs; bf16 inputs carry 8 mantissa bits (~4e-3 relative) and the error compounds over the
-chunked scan -> 5e-2.
+Skipped unless a CUDA device and the compiled kernels are present. Tolerances: in fp32 the Triton
+SSD kernels multiply in TF32 (tl.dot's default; 10 mantissa bits): on an H200 the chunk scan and a
+Mamba2 mixer differed from the torch ops by up to 2e-3 of the largest output (tests/triton_checks.py
+--device cuda, docs/gpu.md) -> 1e-2; bf16 inputs carry 8 mantissa bits and the error compounds over
+the chunked scan (measured: up to 7e-3) -> 5e-2.
 """
 
 import pytest
@@ -19,7 +20,7 @@ pytestmark = [
                        reason="needs a CUDA device and the mamba-ssm / causal-conv1d kernels"),
 ]
 
-TOLERANCE = {torch.float32: dict(rtol=1e-3, atol=1e-3), torch.bfloat16: dict(rtol=5e-2, atol=5e-2)}
+TOLERANCE = {torch.float32: dict(rtol=1e-2, atol=1e-2), torch.bfloat16: dict(rtol=5e-2, atol=5e-2)}
 
 
 def pair(mixer_class, mixer: str, dtype):
@@ -66,7 +67,7 @@ def test_whole_model_kernels_match_torch_and_generate_equal(mixer):
     fast.load_state_dict(ref.state_dict())
     ids = torch.randint(0, 64, (2, 100), device="cuda")
     with torch.no_grad():
-        torch.testing.assert_close(fast(ids).logits, ref(ids).logits, rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(fast(ids).logits, ref(ids).logits, **TOLERANCE[torch.float32])
     a = ref.generate(ids[:, :20], max_new_tokens=30, do_sample=False, pad_token_id=0)
     b = fast.generate(ids[:, :20], max_new_tokens=30, do_sample=False, pad_token_id=0)
     assert torch.equal(a, b)
