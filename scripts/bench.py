@@ -6,6 +6,8 @@
     python scripts/bench.py memory # peak training memory and step time vs cycles, per gradient setting
     python scripts/bench.py credit # the same for the ACT puzzle model, per credit-assignment option, + slopes
 
+(GPU language-model benchmark against transformers' Mamba2 and mamba_ssm: scripts/bench_gpu.py.)
+
 Timings: best of several repetitions (robust on a shared machine), synchronized on CUDA. `memory` and
 `credit` run each point in a fresh process (scripts/bench_memory.py): peak bytes allocated in a training
 step (profiler memory events on CPU, max_memory_allocated on CUDA), bytes saved for backward
