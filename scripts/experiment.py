@@ -85,7 +85,7 @@ def accuracy_at_segments(model, dataset, segments: list[int], batch_size: int = 
         for start in range(0, len(dataset), batch_size):
             batch = task_puzzle.collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
             labels = batch["labels"]
-            predicted = model(input_ids=batch["input_ids"], num_segments=count).logits.argmax(-1)  # (b, l)
+            predicted = model(input_ids=batch["input_ids"].to(model.device), num_segments=count).logits.argmax(-1).cpu()
             scored = labels != -100
             target = scored & (labels != batch["input_ids"])
             right = predicted == labels
@@ -101,7 +101,7 @@ def accuracy_at_segments(model, dataset, segments: list[int], batch_size: int = 
 
 
 def run_variant(name: str, base: dict, overrides: dict, budget_s: float | None, max_steps: int | None,
-                segments: list[int], threads: int, save_dir: str | None = None) -> dict:
+                segments: list[int], threads: int, save_dir: str | None = None, device: str = "cpu") -> dict:
     """Train one variant and evaluate it. Runs in its own process when --parallel > 1."""
     torch.set_num_threads(threads)
     config = copy.deepcopy(base)
@@ -118,7 +118,7 @@ def run_variant(name: str, base: dict, overrides: dict, budget_s: float | None, 
     if budget_s is not None:  # TimeBudget owns the schedule: cosine over the wall-clock budget
         config["training"].update(lr_scheduler_type="constant", warmup_steps=0)
     training = {**config["training"], "save_strategy": "no", "eval_strategy": "no", "report_to": [],
-                "disable_tqdm": True, "use_cpu": True, "seed": seed}
+                "disable_tqdm": True, "use_cpu": device == "cpu", "seed": seed}
     args = TrainingArguments(output_dir=f"/tmp/hier_mamba_experiment/{name}", **training)
     trainer_class = TRAINERS[overrides.get("optimizer_groups", "hier_mamba")]
     trainer = trainer_class(model=model, args=args, train_dataset=train_set, data_collator=task_puzzle.collate,
@@ -150,12 +150,14 @@ def main() -> None:
     parser.add_argument("--segments", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     parser.add_argument("--parallel", type=int, default=1, help="variants trained at once (one thread each)")
     parser.add_argument("--save-dir", default=None, help="save each trained variant to SAVE_DIR/NAME")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to train and evaluate")
     args = parser.parse_args()
     base = yaml.safe_load(Path(args.config).read_text())
     grid = yaml.safe_load(Path(args.grid).read_text())
     jobs = [(name, base, overrides or {}, args.budget_s, args.max_steps, args.segments,
-             1 if args.parallel > 1 else torch.get_num_threads(), args.save_dir) for name, overrides in grid.items()]
+             1 if args.parallel > 1 else torch.get_num_threads(), args.save_dir, args.device) for name, overrides in grid.items()]
     record = {"config": args.config, "grid": args.grid, "budget_s": args.budget_s, "max_steps": args.max_steps,
+              "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
               "command": " ".join(sys.argv), "torch": torch.__version__, "results": []}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with multiprocessing.get_context("spawn").Pool(max(args.parallel, 1), maxtasksperchild=1) as pool:  # fresh RSS per run
