@@ -38,10 +38,10 @@ class Block(GradientCheckpointingLayer):
         self.grid_mixers = nn.ModuleDict({order: nn.ModuleList([mixer_class(config), mixer_class(config)])
                                           for order in extra_orders})  # (forward, reverse) per order
         self.grid_length = math.prod(config.grid_shape) if config.grid_shape else None
-        for order in extra_orders:  # non-persistent: derived from the config, not weights
-            permutation = scan_order(order, config.grid_shape, config.box_shape)
-            self.register_buffer(f"{order}_order", permutation, persistent=False)
-            self.register_buffer(f"{order}_inverse", inverse_order(permutation), persistent=False)
+        # Built on first use per device, not buffers: derived from the config, so nothing to save, and
+        # nothing for from_pretrained's meta-device construction to leave uninitialised.
+        self.grid_shape, self.box_shape = config.grid_shape, config.box_shape
+        self._scan_orders: dict[tuple[str, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def forward(
         self,
@@ -62,12 +62,20 @@ class Block(GradientCheckpointingLayer):
             raise ValueError(f"grid_scan_orders needs sequences of grid_shape's {self.grid_length} cells, "
                              f"got length {normed.shape[1]}")
         for order, (forward_mixer, reverse_mixer) in self.grid_mixers.items():
-            permutation, inverse = getattr(self, f"{order}_order"), getattr(self, f"{order}_inverse")
+            permutation, inverse = self._scan_order(order, normed.device)  # (l,) each
             permuted = normed[:, permutation]  # (b, l, d) in scan order
             mask = None if attention_mask is None else attention_mask[:, permutation]
             scanned = forward_mixer(permuted, None, mask)[0] + _reverse_scan(reverse_mixer, permuted, mask)
             out = out + scanned[:, inverse]  # (b, l, d) back in row-major order
         return hidden_states + out, final_state
+
+    def _scan_order(self, order: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The permutation of ``order`` and its inverse, (l,) int64 each on ``device``, built once."""
+        key = (order, device)
+        if key not in self._scan_orders:
+            permutation = scan_order(order, self.grid_shape, self.box_shape, device=device)
+            self._scan_orders[key] = (permutation, inverse_order(permutation))
+        return self._scan_orders[key]
 
     def step(self, hidden_states: torch.Tensor, state: MixerState) -> tuple[torch.Tensor, MixerState]:
         """One token: hidden_states (b, d). Returns (b, d) and the new state."""

@@ -18,13 +18,14 @@ import torch
 SCAN_ORDERS = ("row", "col", "box")
 
 
-def scan_order(order: str, grid_shape: tuple[int, int], box_shape: tuple[int, int] | None = None) -> torch.Tensor:
-    """Row-major positions in the visiting order of ``order``: (rows * cols,) int64.
+def scan_order(order: str, grid_shape: tuple[int, int], box_shape: tuple[int, int] | None = None,
+               device: torch.device | str | None = None) -> torch.Tensor:
+    """Row-major positions in the visiting order of ``order``: (rows * cols,) int64 on ``device``.
 
     ``permuted = x[:, scan_order(...)]`` turns a row-major (b, rows * cols, d) sequence into scan order.
     """
     rows, cols = grid_shape
-    grid = torch.arange(rows * cols).view(rows, cols)  # grid[r, c] = row-major position of cell (r, c)
+    grid = torch.arange(rows * cols, device=device).view(rows, cols)  # grid[r, c] = position of cell (r, c)
     if order == "row":
         return grid.reshape(-1)
     if order == "col":

@@ -78,3 +78,15 @@ def test_grid_config_is_validated_and_saved(tmp_path):
     model = HierMambaForTokenClassification(config)
     with pytest.raises(ValueError, match="81 cells, got length 80"):
         model(torch.ones(1, 80, dtype=torch.long))
+
+
+def test_grid_model_round_trips_through_from_pretrained(tmp_path):
+    """from_pretrained builds on the meta device: the scan orders must not be state it leaves uninitialised."""
+    torch.manual_seed(0)
+    config = HierMambaConfig(**BASE, **SUDOKU, grid_scan_orders=("row", "col", "box"))
+    model = HierMambaForTokenClassification(config).eval()
+    model.save_pretrained(tmp_path)
+    reloaded = HierMambaForTokenClassification.from_pretrained(tmp_path).eval()
+    ids = torch.randint(1, 11, (2, 81))
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, model(ids).logits, rtol=0, atol=0)
