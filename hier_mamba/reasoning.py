@@ -146,10 +146,16 @@ class HierarchicalReasoner(nn.Module):
     def _route(self, index: int, carry: Carry, x: torch.Tensor) -> tuple[Stack, torch.Tensor]:
         """The stack of invocation ``index`` and its injected input: L(z_L + z_H + x), H(z_H + z_L), looped L(z + x)."""
         if self.looped:
-            return self.L, carry.z_L + x
-        if self.schedule[index] == "L":
-            return self.L, carry.z_L + carry.z_H + x
-        return self.H, carry.z_H + carry.z_L
+            stack, terms = self.L, (carry.z_L, x)
+        elif self.schedule[index] == "L":
+            stack, terms = self.L, (carry.z_L, carry.z_H, x)
+        else:
+            stack, terms = self.H, (carry.z_H, carry.z_L)
+        device = stack.norm_f.weight.device  # a device_map may place H, L and the embeddings apart (HrmText does too)
+        injected = terms[0].to(device)
+        for term in terms[1:]:
+            injected = injected + term.to(device)
+        return stack, injected
 
     def _update(self, index: int, carry: Carry, output: torch.Tensor) -> Carry:
         """The carry after invocation ``index`` produced ``output``; H outputs also read and join the memory."""
