@@ -44,8 +44,14 @@ class HierMambaCache:
         ]
 
     def nbytes(self) -> int:
-        """Bytes held by all state tensors."""
-        return sum(t.numel() * t.element_size() for invocation in self.states for s in invocation for t in s)
+        """Bytes of the storages the state tensors keep alive (a view counts its whole storage, once)."""
+        storages = {}
+        for invocation in self.states:
+            for state in invocation:
+                for tensor in state:
+                    storage = tensor.untyped_storage()
+                    storages[storage.data_ptr()] = storage.nbytes()
+        return sum(storages.values())
 
     def __len__(self) -> int:
         return len(self.states)

@@ -49,6 +49,20 @@ def test_cache_size_does_not_grow_with_length():
 
 
 @pytest.mark.parametrize("mixer", ["mamba1", "mamba2"])
+def test_prefill_cache_storage_is_independent_of_length(mixer):
+    """The bytes of the storages behind the cache (not of the views) are the same at l = 8 and l = 300."""
+    model = model_for(tiny(mixer))
+    with torch.no_grad():
+        caches = [model(torch.randint(0, 50, (2, length)), use_cache=True).cache for length in (8, 300)]
+    storage_bytes = []
+    for cache in caches:
+        tensors = [t for invocation in cache.states for state in invocation for t in state]
+        assert all(t.untyped_storage().nbytes() == t.numel() * t.element_size() for t in tensors)
+        storage_bytes.append(sum(t.untyped_storage().nbytes() for t in tensors))
+    assert storage_bytes[0] == storage_bytes[1] == caches[1].nbytes()
+
+
+@pytest.mark.parametrize("mixer", ["mamba1", "mamba2"])
 def test_greedy_generate_equals_argmax_of_full_recompute(mixer):
     model = model_for(tiny(mixer))
     prompt = torch.randint(1, 50, (2, 6))

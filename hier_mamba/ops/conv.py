@@ -42,7 +42,8 @@ def causal_conv1d(
         y = torch.addcmul(y, padded[:, :, k:k + length], weight[:, k:k + 1])
     if bias is not None:
         y = y + bias.to(x.dtype)[:, None]
-    final_state = padded[:, :, padded.shape[-1] - (width - 1):]
+    # clone: a slice would keep the whole (b, d, w - 1 + l) padded input alive in a cache
+    final_state = padded[:, :, padded.shape[-1] - (width - 1):].clone()
     return _activate(y, activation), final_state
 
 
@@ -64,7 +65,7 @@ def causal_conv1d_step(
     y = (window * weight.to(x.dtype)).sum(-1)
     if bias is not None:
         y = y + bias
-    return _activate(y, activation), window[:, :, 1:]
+    return _activate(y, activation), window[:, :, 1:].clone()  # own storage, not a view of the window
 
 
 def _activate(y: torch.Tensor, activation: str | None) -> torch.Tensor:

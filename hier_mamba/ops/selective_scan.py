@@ -89,7 +89,8 @@ def selective_scan(
     states = linear_recurrence(dA, dBu, initial_state.float())  # (l, b, d, n)
     # 3. Read out y_t = C_t . h_t, plus the D skip and the silu(z) gate.
     y = torch.einsum("lbdn,bnl->bdl", states, C.float())
-    return _skip_and_gate(y, u, D, z).to(dtype), states[-1]
+    # clone: states[-1] is a view that would keep the whole (l, b, d, n) state history alive in a cache
+    return _skip_and_gate(y, u, D, z).to(dtype), states[-1].clone()
 
 
 def selective_scan_sequential(
