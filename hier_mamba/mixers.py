@@ -76,6 +76,7 @@ class Mamba2Mixer(nn.Module):
         # 1. Input projection to the gate z, the conv input (x, B, C) and dt.
         projected = self.in_proj(mask_padding(hidden_states, attention_mask))
         z, xBC, dt = projected.split([self.d_inner, self.conv_dim, self.heads], dim=-1)
+        xBC = mask_padding(xBC, attention_mask)  # with use_bias, in_proj(0) = bias: the conv must see 0
         # 2. Causal depthwise conv over time, padded positions zeroed again.
         xBC, conv_state = ops.conv(xBC.transpose(1, 2), self.conv1d.weight.squeeze(1), self.conv1d.bias,
                                    None if state is None else state.conv)  # (b, conv_dim, l)
@@ -139,7 +140,9 @@ class Mamba1Mixer(nn.Module):
         """hidden_states: (b, l, d); state: initial state or None (zeros). Returns (b, l, d) and the final state."""
         ops = get_ops(self.config.ssm_backend, hidden_states.device)
         # 1. Input projection to x and the gate z, channels first for the conv and the scan.
-        projected = self.in_proj(mask_padding(hidden_states, attention_mask)).transpose(1, 2)  # (b, 2 d_inner, l)
+        projected = self.in_proj(mask_padding(hidden_states, attention_mask))
+        # with use_bias, in_proj(0) = bias: zero padded positions again so the conv sees 0 there
+        projected = mask_padding(projected, attention_mask).transpose(1, 2)  # (b, 2 d_inner, l)
         x, z = projected.chunk(2, dim=1)
         # 2. Causal depthwise conv over time, padded positions zeroed again.
         x, conv_state = ops.conv(x, self.conv1d.weight.squeeze(1), self.conv1d.bias,
