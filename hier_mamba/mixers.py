@@ -42,7 +42,26 @@ def inverse_softplus_dt(size: int, config: HierMambaConfig) -> torch.Tensor:
     return dt + torch.log(-torch.expm1(-dt))
 
 
-class Mamba2Mixer(nn.Module):
+FP32_PARAMETERS = ("A_log", "D", "dt_bias")
+"""Mixer parameters kept in fp32 whatever the model dtype (mamba_ssm's and the kernels' convention):
+a bf16 A or dt bias moves every decay exp(dt A); HierMambaPreTrainedModel names them for from_pretrained."""
+
+
+class _KeepFP32(nn.Module):
+    """``.to(torch.bfloat16)`` / ``.half()`` leave :data:`FP32_PARAMETERS` in fp32 (devices still move)."""
+
+    def _apply(self, fn, recurse=True):
+        originals = {name: parameter.data for name in FP32_PARAMETERS
+                     if (parameter := getattr(self, name, None)) is not None and parameter.dtype == torch.float32}
+        super()._apply(fn, recurse)
+        for name, original in originals.items():
+            parameter = getattr(self, name)
+            if parameter.dtype in (torch.float16, torch.bfloat16):  # a cast down: undo it from the fp32 original
+                parameter.data = original.to(parameter.device)
+        return self
+
+
+class Mamba2Mixer(_KeepFP32):
     """Mamba2 mixer: in_proj -> causal conv over (x, B, C) -> SSD -> gated RMSNorm -> out_proj.
 
     forward: hidden_states (b, l, d) -> (b, l, d); step: (b, d) -> (b, d).
@@ -109,7 +128,7 @@ class Mamba2Mixer(nn.Module):
         return self.out_proj(self.norm(y.reshape(batch, self.d_inner), z)), MixerState(conv_state, ssm_state)
 
 
-class Mamba1Mixer(nn.Module):
+class Mamba1Mixer(_KeepFP32):
     """Mamba1 mixer: in_proj -> causal conv -> x_proj (dt, B, C) -> selective scan gated by silu(z) -> out_proj.
 
     forward: hidden_states (b, l, d) -> (b, l, d); step: (b, d) -> (b, d).

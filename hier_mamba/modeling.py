@@ -63,6 +63,8 @@ class HierMambaPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["Block"]
     _is_stateful = True
+    # from_pretrained(dtype=bf16 / fp16) loads these in fp32 (regexes over parameter names; mixers.FP32_PARAMETERS)
+    _keep_in_fp32_modules_strict = [r"\.(A_log|D|dt_bias)$"]
 
     def _init_weights(self, module: nn.Module) -> None:
         """Linear normal(initializer_range); Embedding normal(config.embedding_init_std: HRM's 1/sqrt(d)

@@ -1,0 +1,71 @@
+"""A_log, D and dt_bias stay fp32 under a bf16 model (from_pretrained and .to), and bf16 autocast trains."""
+
+import pytest
+import torch
+
+from hier_mamba import HierMambaConfig, HierMambaForCausalLM
+from hier_mamba.mixers import FP32_PARAMETERS
+
+
+def tiny(mixer) -> HierMambaConfig:
+    return HierMambaConfig(vocab_size=40, hidden_size=32, H_layers=1, L_layers=1, H_cycles=2, L_cycles=1,
+                           mixer=mixer, state_size=8, head_dim=16, chunk_size=8)
+
+
+def _dtypes(model) -> dict[str, torch.dtype]:
+    return {name: parameter.dtype for name, parameter in model.named_parameters()}
+
+
+def _assert_mixed(model, low: torch.dtype) -> None:
+    dtypes = _dtypes(model)
+    kept = {name for name in dtypes if name.rsplit(".", 1)[-1] in FP32_PARAMETERS}
+    assert kept, "the model has fp32-kept parameters"
+    assert all(dtypes[name] == torch.float32 for name in kept), {n: dtypes[n] for n in kept}
+    assert all(dtype == low for name, dtype in dtypes.items() if name not in kept)
+
+
+@pytest.mark.parametrize("mixer", ["mamba1", "mamba2"])
+def test_from_pretrained_bf16_keeps_ssm_parameters_fp32(mixer, tmp_path):
+    torch.manual_seed(0)
+    model = HierMambaForCausalLM(tiny(mixer))
+    model.save_pretrained(tmp_path)
+    loaded = HierMambaForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    _assert_mixed(loaded, torch.bfloat16)
+    original = dict(model.named_parameters())
+    for name, parameter in loaded.named_parameters():
+        if parameter.dtype == torch.float32:
+            assert torch.equal(parameter, original[name]), f"{name} lost precision"
+    with torch.no_grad():
+        assert torch.isfinite(loaded(torch.randint(0, 40, (2, 12))).logits).all()
+
+
+@pytest.mark.parametrize("low", [torch.bfloat16, torch.float16])
+def test_to_low_precision_keeps_ssm_parameters_fp32_and_double_is_honoured(low):
+    torch.manual_seed(0)
+    model = HierMambaForCausalLM(tiny("mamba2"))
+    reference = {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
+    model.to(low)
+    _assert_mixed(model, low)
+    for name, parameter in model.named_parameters():
+        if parameter.dtype == torch.float32:
+            assert torch.equal(parameter, reference[name])
+    model.double()
+    assert set(_dtypes(model).values()) == {torch.float64}
+
+
+def test_bf16_autocast_training_stays_finite():
+    torch.manual_seed(0)
+    model = HierMambaForCausalLM(tiny("mamba2")).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    ids = torch.randint(0, 40, (4, 16))
+    losses = []
+    for _ in range(200):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert losses[-1] < 0.5 * losses[0], "the memorisation loss fell"
