@@ -206,6 +206,16 @@ class HierMambaConfig(PreTrainedConfig):
         """Stack calls per forward: each H cycle runs L_cycles L calls and one H call."""
         return self.H_cycles * (self.L_cycles + 1)
 
+    @property
+    def num_hidden_layers(self) -> int:
+        """Block applications per forward, one cache slot each (HrmText's count): the layers of every invocation.
+
+        Read by transformers; ``output_hidden_states`` returns this many block outputs after the embeddings.
+        """
+        if self.architecture == "looped":
+            return self.num_invocations * self.L_layers
+        return self.H_cycles * (self.L_cycles * self.L_layers + self.H_layers)
+
     # validation ------------------------------------------------------------------------------
     def validate_fields(self) -> None:
         """Raise ``ValueError`` naming the first invalid field."""

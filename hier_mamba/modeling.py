@@ -19,7 +19,7 @@ from transformers.modeling_outputs import ModelOutput
 from .cache import HierMambaCache
 from .configuration import HierMambaConfig
 from .mixers import Mamba1Mixer, Mamba2Mixer, inverse_softplus_dt
-from .reasoning import Carry, HierarchicalReasoner
+from .reasoning import H_INIT_SEED, L_INIT_SEED, Carry, HierarchicalReasoner, fixed_initial_state
 
 
 @dataclass
@@ -79,8 +79,10 @@ class HierMambaPreTrainedModel(PreTrainedModel):
         elif isinstance(module, (Mamba1Mixer, Mamba2Mixer)):
             self._init_mixer(module)
         elif isinstance(module, HierarchicalReasoner):
-            init.normal_(module.H_init, std=1.0)
-            init.normal_(module.L_init, std=1.0)
+            init.copy_(module.H_init, fixed_initial_state(module.H_init.shape[0], H_INIT_SEED))
+            init.copy_(module.L_init, fixed_initial_state(module.L_init.shape[0], L_INIT_SEED))
+            module.H_init.requires_grad_(False)  # frozen: HRM's initial states never train
+            module.L_init.requires_grad_(False)
         elif getattr(module, "zero_init", False):  # output layers that must start silent (memory.py, synthetic_gradients.py)
             init.zeros_(module.weight)
             if module.bias is not None:

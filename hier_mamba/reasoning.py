@@ -41,6 +41,14 @@ class Carry(NamedTuple):
         return Carry(self.z_H.detach(), self.z_L.detach(), tuple(m.detach() for m in self.memory))
 
 
+H_INIT_SEED, L_INIT_SEED = 0, 1
+
+
+def fixed_initial_state(size: int, seed: int) -> torch.Tensor:
+    """(size,) standard-normal draw from its own generator seeded with ``seed``: the same on every call."""
+    return torch.randn(size, generator=torch.Generator().manual_seed(seed))
+
+
 def invocation_schedule(config: HierMambaConfig) -> list[str]:
     """Order of stack calls in one forward, e.g. ['L', 'L', 'H', 'L', 'L', 'H'] for H_cycles=L_cycles=2.
 
@@ -73,9 +81,11 @@ class HierarchicalReasoner(nn.Module):
         self.H = None if self.looped else Stack(config, config.H_layers)
         self.memory = (HMemoryAttention(config.hidden_size, config.h_memory_heads, config.rms_norm_eps)
                        if config.h_memory_size else None)
-        # HRM's fixed initial states: one random unit-scale vector per module, broadcast over positions.
-        self.register_buffer("H_init", torch.randn(config.hidden_size))
-        self.register_buffer("L_init", torch.randn(config.hidden_size))
+        # HRM's fixed initial states: one unit-scale vector per module, broadcast over positions. Frozen
+        # parameters with a seeded draw (HrmText's frozen z_L_init): every construction path, the meta-device
+        # one of from_pretrained included, gives the same values, and checkpoints store them.
+        self.H_init = nn.Parameter(fixed_initial_state(config.hidden_size, H_INIT_SEED), requires_grad=False)
+        self.L_init = nn.Parameter(fixed_initial_state(config.hidden_size, L_INIT_SEED), requires_grad=False)
         self.schedule = invocation_schedule(config)
 
     def initial_carry(self, x: torch.Tensor) -> Carry:

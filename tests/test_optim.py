@@ -9,7 +9,7 @@ from hier_mamba.optim import decay_parameter_names
 
 TINY = dict(vocab_size=32, hidden_size=32, H_layers=1, L_layers=1, H_cycles=1, L_cycles=1, state_size=8,
             head_dim=16, chunk_size=16, use_bias=True)
-EXEMPT_SUFFIXES = ("A_log", ".D", "dt_bias", "bias", "norm.weight", "norm_f.weight")
+EXEMPT_SUFFIXES = ("A_log", ".D", "dt_bias", "bias", "norm.weight", "norm_f.weight", "H_init", "L_init")
 
 
 def test_groups_exempt_dynamics_biases_and_norms_for_both_mixers():
@@ -25,7 +25,9 @@ def test_groups_exempt_dynamics_biases_and_norms_for_both_mixers():
             assert names["model.reasoner.L.layers.0.mixer.A_log"].ndim == 2
             assert "model.reasoner.L.layers.0.mixer.A_log" not in decayed
         groups = optimizer_param_groups(model, weight_decay=0.1)
-        assert sum(len(g["params"]) for g in groups) == len(names)  # every trainable parameter once
+        trainable = [p for p in names.values() if p.requires_grad]  # not the frozen H_init / L_init
+        assert len(trainable) == len(names) - 2
+        assert sum(len(g["params"]) for g in groups) == len(trainable)  # every trainable parameter once
 
 
 def test_transformers_trainer_alone_would_decay_the_ssm_dynamics(tmp_path):
