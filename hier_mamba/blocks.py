@@ -108,19 +108,37 @@ class Stack(nn.Module):
         hidden_states: torch.Tensor,
         states: list[MixerState] | None = None,
         attention_mask: torch.Tensor | None = None,
+        hidden_states_out: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, list[MixerState]]:
-        """hidden_states: (b, l, d); states: one initial state per layer, or None. Returns (b, l, d), final states."""
+        """hidden_states: (b, l, d); states: one initial state per layer, or None. Returns (b, l, d), final states.
+
+        hidden_states_out: if a list, each block's output (b, l, d) is appended, the last one after norm_f.
+        """
         final_states = []
         for index, layer in enumerate(self.layers):
             hidden_states, state = layer(hidden_states, None if states is None else states[index],
                                          attention_mask=attention_mask)
             final_states.append(state)
-        return self.norm_f(hidden_states), final_states
+            if hidden_states_out is not None and index < len(self.layers) - 1:
+                hidden_states_out.append(hidden_states)
+        output = self.norm_f(hidden_states)
+        if hidden_states_out is not None:  # the last block's output is recorded after the final norm
+            hidden_states_out.append(output)
+        return output, final_states
 
-    def step(self, hidden_states: torch.Tensor, states: list[MixerState]) -> tuple[torch.Tensor, list[MixerState]]:
-        """One token: hidden_states (b, d); states: one per layer. Returns (b, d) and the new states."""
+    def step(
+        self, hidden_states: torch.Tensor, states: list[MixerState], hidden_states_out: list[torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, list[MixerState]]:
+        """One token: hidden_states (b, d); states: one per layer. Returns (b, d) and the new states (hidden_states_out
+        as in forward, entries (b, d))."""
         new_states = []
-        for layer, state in zip(self.layers, states):
+        for index, (layer, state) in enumerate(zip(self.layers, states)):
             hidden_states, state = layer.step(hidden_states, state)
             new_states.append(state)
-        return self.norm_f(hidden_states), new_states
+            if hidden_states_out is not None and index < len(self.layers) - 1:
+                hidden_states_out.append(hidden_states)
+        output = self.norm_f(hidden_states)
+        if hidden_states_out is not None:
+            hidden_states_out.append(output)
+        return output, new_states
+

@@ -1,62 +1,126 @@
-"""HierMambaCache: the recurrent state of generation, O(1) in sequence length.
+"""HierMambaCache: the recurrent state of generation, O(1) in sequence length, as a ``transformers.Cache``.
 
 One (conv, ssm) :class:`MixerState` per (stack invocation, layer): each of the
 ``H_cycles * (L_cycles + 1)`` invocations is its own scan over the sequence, so each keeps its own
 states (transformers' ``HrmText`` likewise keeps one cache slot per stack invocation). Prefill
 fills it from the parallel scan; every later token updates it with the step form.
+
+Each slot is a :class:`MixerStateLayer`, a transformers linear-attention cache layer, so
+transformers' own code paths work on it: ``generate(..., cache=...)`` continuation (``is_linear``),
+beam reordering (``reorder_cache``), ``batch_repeat_interleave`` / ``batch_select_indices``,
+``reset``, offloading. Slots are flattened in invocation-major order: ``layers[k]`` is layer j of
+invocation i, k = sum of the layer counts of invocations < i, plus j (``config.num_hidden_layers`` slots).
 """
 
 from __future__ import annotations
 
 import torch
+from transformers.cache_utils import Cache, LinearAttentionCacheLayerMixin
 
 from .mixers import MixerState
 
 
-class HierMambaCache:
+class MixerStateLayer(LinearAttentionCacheLayerMixin):
+    """One cache slot: ``conv_states[0]`` (b, channels, conv_kernel - 1), ``recurrent_states[0]`` (the fp32 ssm state).
+
+    The states are replaced (not copied into) on every update: the mixers are functional (state in, state out).
+    """
+
+    def __init__(self, state: MixerState):
+        super().__init__(number_of_states=1)
+        self.set_state(state)
+
+    def set_state(self, state: MixerState) -> None:
+        self.lazy_initialization(state.conv, state.ssm)
+
+    @property
+    def state(self) -> MixerState:
+        return MixerState(self.conv_states[0], self.recurrent_states[0])
+
+    def lazy_initialization(self, conv_states=None, recurrent_states=None, state_idx: int = 0, **kwargs) -> None:
+        if conv_states is not None:
+            self.conv_states[state_idx] = conv_states
+            self.conv_kernel_size[state_idx] = conv_states.shape[-1]
+            self.is_conv_states_initialized[state_idx] = self.has_previous_state[state_idx] = True
+            self.device, self.dtype = conv_states.device, conv_states.dtype
+        if recurrent_states is not None:
+            self.recurrent_states[state_idx] = recurrent_states
+            self.is_recurrent_states_initialized[state_idx] = True
+
+    def update_conv_state(self, conv_states: torch.Tensor, state_idx: int = 0, **kwargs) -> torch.Tensor:
+        self.lazy_initialization(conv_states=conv_states, state_idx=state_idx)
+        return conv_states
+
+    def update_recurrent_state(self, recurrent_states: torch.Tensor, state_idx: int = 0, **kwargs) -> torch.Tensor:
+        self.lazy_initialization(recurrent_states=recurrent_states, state_idx=state_idx)
+        return recurrent_states
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self.set_state(MixerState(*(t.repeat_interleave(repeats, dim=0) for t in self.state)))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self.set_state(MixerState(*(t[indices] for t in self.state)))
+
+    @property
+    def is_compileable(self) -> bool:
+        return False  # states are replaced, not updated in place: no static addresses for cudagraphs
+
+    def crop(self, tokens_to_remove: int) -> None:
+        raise NotImplementedError("a recurrent state cannot drop tokens it has absorbed (HierMambaCache is not croppable)")
+
+
+class HierMambaCache(Cache):
     """States of all invocations and layers, and how many tokens they have absorbed.
 
     ``states[i][j]`` is layer j of invocation i. Shapes are fixed by the config and the batch size:
     conv (b, channels, conv_kernel - 1), ssm (b, d_inner, n) or (b, heads, head_dim, n).
     """
 
-    is_compileable = False
-
     def __init__(self, states: list[list[MixerState]], seen_tokens: int):
-        self.states = states
+        super().__init__(layers=[MixerStateLayer(state) for invocation in states for state in invocation])
+        self.layers_per_invocation = [len(invocation) for invocation in states]
         self.seen_tokens = seen_tokens
+
+    @property
+    def states(self) -> list[list[MixerState]]:
+        """The slots regrouped per invocation: ``states[i][j]`` is layer j of invocation i."""
+        grouped, start = [], 0
+        for count in self.layers_per_invocation:
+            grouped.append([layer.state for layer in self.layers[start:start + count]])
+            start += count
+        return grouped
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         """Tokens absorbed so far (prompt + generated); the cache size does not grow with it."""
         return self.seen_tokens
 
-    def update(self, states: list[list[MixerState]], new_tokens: int) -> None:
+    def update(self, states: list[list[MixerState]], new_tokens: int) -> None:  # type: ignore[override]
         """Replace the states after a step or a continued prefill of ``new_tokens`` tokens."""
-        self.states = states
+        flat = [state for invocation in states for state in invocation]
+        if len(flat) != len(self.layers):
+            raise ValueError(f"expected states for {len(self.layers)} slots, got {len(flat)}")
+        for layer, state in zip(self.layers, flat):
+            layer.set_state(state)
         self.seen_tokens += new_tokens
 
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        """Select batch rows (beam search): every state tensor is indexed on dim 0 with beam_idx."""
-        self.states = [
-            [MixerState(s.conv.index_select(0, beam_idx.to(s.conv.device)),
-                        s.ssm.index_select(0, beam_idx.to(s.ssm.device))) for s in invocation]
-            for invocation in self.states
-        ]
+    def reset(self) -> None:
+        """Zero every state and forget the absorbed tokens (a new sequence)."""
+        super().reset()
+        self.seen_tokens = 0
+
+    @property
+    def is_compileable(self) -> bool:
+        return False
 
     def nbytes(self) -> int:
         """Bytes of the storages the state tensors keep alive (a view counts its whole storage, once)."""
         storages = {}
-        for invocation in self.states:
-            for state in invocation:
-                for tensor in state:
-                    storage = tensor.untyped_storage()
-                    storages[storage.data_ptr()] = storage.nbytes()
+        for layer in self.layers:
+            for tensor in layer.state:
+                storage = tensor.untyped_storage()
+                storages[storage.data_ptr()] = storage.nbytes()
         return sum(storages.values())
 
-    def __len__(self) -> int:
-        return len(self.states)
-
     def __repr__(self) -> str:
-        layers = len(self.states[0]) if self.states else 0
-        return (f"HierMambaCache(invocations={len(self.states)}, layers_per_invocation~{layers}, "
+        return (f"HierMambaCache(invocations={len(self.layers_per_invocation)}, slots={len(self.layers)}, "
                 f"seen_tokens={self.seen_tokens}, bytes={self.nbytes()})")

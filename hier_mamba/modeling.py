@@ -24,21 +24,52 @@ from .reasoning import H_INIT_SEED, L_INIT_SEED, Carry, HierarchicalReasoner, fi
 
 @dataclass
 class HierMambaOutput(ModelOutput):
-    """last_hidden_state: z_H (b, l, d); carry: final (z_H, z_L); cache: states to continue with."""
+    """last_hidden_state: z_H (b, l, d); carry: final (z_H, z_L); cache: states to continue with;
+    hidden_states (with output_hidden_states): the scaled input embedding, then every block output of every
+    stack invocation in schedule order (each invocation's last block after its stack's final norm):
+    1 + config.num_hidden_layers tensors (b, l, d)."""
 
     last_hidden_state: torch.Tensor | None = None
     carry: Carry | None = None
     cache: HierMambaCache | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
 @dataclass
 class HierMambaCausalLMOutput(ModelOutput):
-    """loss: mean next-token cross-entropy; logits: (b, l, vocab); cache as in HierMambaOutput."""
+    """loss: mean next-token cross-entropy; logits: (b, l, vocab); cache, hidden_states as in HierMambaOutput."""
 
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     cache: HierMambaCache | None = None
     last_hidden_state: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+
+
+# Keyword arguments transformers' generation or Trainer may pass that mean nothing to a recurrent model without
+# attention or positions (transformers' Mamba2 swallows them too); any other unknown keyword raises a TypeError.
+IGNORED_FORWARD_KWARGS = frozenset({"position_ids", "cache_position", "output_attentions"})
+
+
+def check_forward_kwargs(owner: str, kwargs: dict, accepted: frozenset = frozenset()) -> None:
+    """Raise TypeError naming the first keyword that is neither ignored (see above) nor ``accepted``."""
+    for name in kwargs:
+        if name not in IGNORED_FORWARD_KWARGS and name not in accepted:
+            raise TypeError(f"{owner}.forward() got an unexpected keyword argument {name!r}")
+
+
+def check_attention_mask(mask: torch.Tensor | None, shape: torch.Size, cached: bool) -> torch.Tensor | None:
+    """Validate a (b, l) 0/1 attention mask (with a cache also (b, seen + l)) and return its last l columns."""
+    if mask is None:
+        return None
+    batch, length = shape
+    if mask.dim() != 2 or mask.shape[0] != batch or not (mask.shape[1] == length or (cached and mask.shape[1] > length)):
+        raise ValueError(f"attention_mask has shape {tuple(mask.shape)}, expected {(batch, length)}"
+                         + (" or (batch, cached + new tokens)" if cached else ""))
+    mask = mask[:, mask.shape[1] - length:]
+    if not torch.compiler.is_compiling() and bool(((mask != 0) & (mask != 1)).any()):
+        raise ValueError("attention_mask must hold only 0 (padding) and 1 (token) values")
+    return mask
 
 
 def check_token_ids(name: str, ids: torch.Tensor, vocab_size: int, ignore_index: int | None = None) -> None:
@@ -125,44 +156,65 @@ class HierMambaModel(HierMambaPreTrainedModel):
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
         cache: HierMambaCache | None = None,
         use_cache: bool | None = None,
         carry: Carry | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
         **kwargs,
-    ) -> HierMambaOutput:
+    ) -> HierMambaOutput | tuple:
         """
         Args:
             input_ids: (b, l) token ids, or inputs_embeds (b, l, d).
-            attention_mask: (b, l) 1 for tokens, 0 for (left) padding; ignored in single-token steps.
-            cache: states from a previous call; the new tokens continue that sequence.
+            attention_mask: (b, l) of 0/1: 1 for tokens, 0 for (left) padding. With a cache it may also cover the
+                cached tokens (b, seen + l), as generate passes it; its last l columns are used.
+            cache: states from a previous call; the new tokens continue that sequence (one token: the O(1) step;
+                several: the parallel scans started from the cached states).
             use_cache: return a HierMambaCache (defaults to config.use_cache outside training).
             carry: (z_H, z_L) to start the cycles from (ACT segments); not combinable with a cache.
+            output_hidden_states: also return hidden_states (see HierMambaOutput).
+            return_dict: False returns a tuple (defaults to config.return_dict).
+            kwargs: only position_ids / cache_position / output_attentions, which are ignored.
         Returns:
-            HierMambaOutput with last_hidden_state z_H (b, l, d).
+            HierMambaOutput with last_hidden_state z_H (b, l, d), or its tuple.
         """
+        check_forward_kwargs(type(self).__name__, kwargs)
+        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        return_dict = self.config.return_dict if return_dict is None else return_dict
         # 1. Embed and validate.
         x = self._scale_input(self._embed(input_ids, inputs_embeds))  # (b, l, d), unit RMS by default
-        if attention_mask is not None and attention_mask.shape != x.shape[:2]:
-            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {tuple(x.shape[:2])}")
+        attention_mask = check_attention_mask(attention_mask, x.shape[:2], cache is not None)
         use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
         if (use_cache or cache is not None) and self.config.bidirectional:
             raise ValueError("bidirectional=True reads the future: it has no recurrent cache and cannot generate")
         if cache is not None and carry is not None:
             raise ValueError("pass either a cache (generation) or a carry (ACT segments), not both")
-        # 2. Continue a cached sequence token by token (O(1) state per token).
-        if cache is not None:
-            outputs = []
-            for token in x.unbind(1):
-                z_H, states = self.reasoner.step(token, cache.states)
-                cache.update(states, new_tokens=1)
-                outputs.append(z_H)
-            return HierMambaOutput(last_hidden_state=torch.stack(outputs, dim=1), cache=cache)
-        # 3. Prefill / training: the parallel scan, collecting final states if a cache is wanted.
-        carry, states = self.reasoner(x, carry, attention_mask=attention_mask, return_states=use_cache)
-        new_cache = HierMambaCache(states, seen_tokens=x.shape[1]) if use_cache else None
-        return HierMambaOutput(last_hidden_state=carry.z_H, carry=carry, cache=new_cache)
+        hidden_states = [x] if output_hidden_states else None
+        # 2. One new token of a cached sequence: the O(1) step.
+        if cache is not None and x.shape[1] == 1 and attention_mask is None:
+            z_H, states = self.reasoner.step(x[:, 0], cache.states, hidden_states)  # (b, d)
+            cache.update(states, new_tokens=1)
+            carry, z_H, new_cache = None, z_H[:, None], cache
+            if hidden_states is not None:
+                hidden_states = [h if h.dim() == 3 else h[:, None] for h in hidden_states]
+        # 3. Prefill / training / several new tokens of a cached sequence: the parallel scans (from the cached
+        #    states when continuing), collecting final states if a cache is wanted.
+        else:
+            carry, states = self.reasoner(x, carry, attention_mask=attention_mask,
+                                          return_states=use_cache or cache is not None,
+                                          initial_states=None if cache is None else cache.states,
+                                          hidden_states_out=hidden_states)
+            z_H = carry.z_H
+            if cache is not None:
+                cache.update(states, new_tokens=x.shape[1])
+            new_cache = cache
+            if cache is None and use_cache:
+                new_cache = HierMambaCache(states, seen_tokens=x.shape[1])
+        output = HierMambaOutput(last_hidden_state=z_H, carry=carry, cache=new_cache,
+                                 hidden_states=None if hidden_states is None else tuple(hidden_states))
+        return output if return_dict else output.to_tuple()
 
     def _embed(self, input_ids, inputs_embeds) -> torch.Tensor:
         if (input_ids is None) == (inputs_embeds is None):
@@ -206,29 +258,36 @@ class HierMambaForCausalLM(HierMambaPreTrainedModel, GenerationMixin):
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
         cache: HierMambaCache | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
-        logits_to_keep: int = 0,
+        logits_to_keep: int | torch.Tensor = 0,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
         **kwargs,
-    ) -> HierMambaCausalLMOutput:
+    ) -> HierMambaCausalLMOutput | tuple:
         """
         Args:
-            input_ids, inputs_embeds, attention_mask, cache, use_cache: as in HierMambaModel.forward.
+            input_ids, attention_mask, inputs_embeds, cache, use_cache, output_hidden_states, return_dict: as in
+                HierMambaModel.forward.
             labels: (b, l) targets, shifted inside (position t predicts labels[t + 1]); -100 is ignored.
-            logits_to_keep: if > 0, only the last that many positions get logits.
+            logits_to_keep: if an int > 0, only the last that many positions get logits; a 1-D tensor: those positions.
+            kwargs: num_items_in_batch (Trainer's loss normalisation); position_ids / cache_position /
+                output_attentions are ignored; anything else raises TypeError.
         Returns:
-            HierMambaCausalLMOutput with logits (b, l or logits_to_keep, vocab) in fp32.
+            HierMambaCausalLMOutput with logits (b, l or logits_to_keep, vocab) in fp32, or its tuple.
         """
+        check_forward_kwargs(type(self).__name__, kwargs, accepted=frozenset({"num_items_in_batch"}))
+        return_dict = self.config.return_dict if return_dict is None else return_dict
         # 1. Backbone.
-        outputs = self.model(input_ids, inputs_embeds, attention_mask, cache=cache, use_cache=use_cache)
+        outputs = self.model(input_ids, attention_mask, inputs_embeds, cache=cache, use_cache=use_cache,
+                             output_hidden_states=output_hidden_states, return_dict=True)
         hidden = outputs.last_hidden_state
-        if logits_to_keep:
-            hidden = hidden[:, -logits_to_keep:]
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         # 2. Head.
-        logits = self.lm_head(hidden.to(self.lm_head.weight.dtype)).float()  # (b, l, vocab)
+        logits = self.lm_head(hidden[:, keep].to(self.lm_head.weight.dtype)).float()  # (b, l, vocab)
         # 3. Loss.
         loss = None
         if labels is not None:
@@ -236,11 +295,14 @@ class HierMambaForCausalLM(HierMambaPreTrainedModel, GenerationMixin):
                 raise ValueError(f"labels has shape {tuple(labels.shape)}, expected {tuple(logits.shape[:2])}")
             check_token_ids("labels", labels, self.config.vocab_size, ignore_index=-100)
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        return HierMambaCausalLMOutput(loss=loss, logits=logits, cache=outputs.cache, last_hidden_state=hidden)
+        output = HierMambaCausalLMOutput(loss=loss, logits=logits, cache=outputs.cache, last_hidden_state=hidden,
+                                         hidden_states=outputs.hidden_states)
+        return output if return_dict else output.to_tuple()
 
     def prepare_inputs_for_generation(
         self,
         input_ids: torch.LongTensor,
+        next_sequence_length: int | None = None,
         cache: HierMambaCache | None = None,
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
@@ -248,10 +310,28 @@ class HierMambaForCausalLM(HierMambaPreTrainedModel, GenerationMixin):
         is_first_iteration: bool | None = False,
         **kwargs,
     ) -> dict:
-        """Prefill the whole prompt once; afterwards feed only the tokens the cache has not seen."""
+        """Prefill the whole prompt once; afterwards feed only the tokens (or embeddings) the cache has not seen.
+
+        Single decoded tokens go without the attention mask (the O(1) step; transformers' Mamba2 drops it too);
+        every other keyword (logits_to_keep, output_hidden_states, ...) is forwarded unchanged.
+        """
+        model_inputs = {key: value for key, value in kwargs.items() if key not in ("labels", "cache_position")}
+        model_inputs["use_cache"] = use_cache
         if cache is not None:
-            unseen = input_ids.shape[1] - cache.get_seq_length()
-            return {"input_ids": input_ids[:, -max(unseen, 1):], "cache": cache, "use_cache": True}
-        if inputs_embeds is not None and is_first_iteration:
-            return {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask, "use_cache": use_cache}
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": use_cache}
+            model_inputs["cache"] = cache
+            seen = cache.get_seq_length()
+            if inputs_embeds is not None and is_first_iteration:  # continuing from embeddings: the full sequence
+                unseen = inputs_embeds[:, seen:] if inputs_embeds.shape[1] > seen else inputs_embeds[:, -1:]
+                model_inputs["inputs_embeds"] = unseen
+                new = model_inputs["inputs_embeds"].shape[1]
+            else:
+                new = max(input_ids.shape[1] - seen, 1) if next_sequence_length is None else next_sequence_length
+                new = min(new, input_ids.shape[1])
+                model_inputs["input_ids"] = input_ids[:, -new:]
+            if attention_mask is not None and new > 1:
+                model_inputs["attention_mask"] = attention_mask
+        elif inputs_embeds is not None and is_first_iteration:
+            model_inputs.update(inputs_embeds=inputs_embeds, attention_mask=attention_mask)
+        else:
+            model_inputs.update(input_ids=input_ids, attention_mask=attention_mask)
+        return model_inputs

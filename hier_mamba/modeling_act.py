@@ -241,7 +241,8 @@ class HierMambaForTokenClassification(HierMambaPreTrainedModel):
 
     def _segment(self, x: torch.Tensor, carry: Carry | None, attention_mask: torch.Tensor | None) -> Segment:
         """One full H/L pass from ``carry`` (None: the initial states). x: (b, l, d)."""
-        outputs = self.model(inputs_embeds=x, attention_mask=attention_mask, carry=carry, use_cache=False)
+        outputs = self.model(inputs_embeds=x, attention_mask=attention_mask, carry=carry, use_cache=False,
+                             return_dict=True)
         z_H = outputs.last_hidden_state  # (b, l, d)
         logits = self.lm_head(z_H.to(self.lm_head.weight.dtype)).float()  # (b, l, vocab)
         pooled = _masked_mean(z_H, attention_mask)  # (b, d)

@@ -16,6 +16,7 @@ under ``torch.utils.checkpoint``: O(sqrt(m)) stored states instead of O(m), one 
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -98,6 +99,8 @@ class HierarchicalReasoner(nn.Module):
         carry: Carry | None = None,
         attention_mask: torch.Tensor | None = None,
         return_states: bool = False,
+        initial_states: list[list[MixerState]] | None = None,
+        hidden_states_out: list[torch.Tensor] | None = None,
     ) -> tuple[Carry, list[list[MixerState]] | None]:
         """Run all cycles over the sequence.
 
@@ -106,6 +109,8 @@ class HierarchicalReasoner(nn.Module):
             carry: z_H, z_L (and memory) to start from, e.g. the previous ACT segment's, detached; None: the init.
             attention_mask: (b, l) of 0/1; padded positions never reach a recurrent state.
             return_states: also return each invocation's final per-layer states (a cache prefill).
+            initial_states: per-invocation per-layer states to continue from (a cached sequence), or None.
+            hidden_states_out: if a list, every block output (b, l, d) of every invocation is appended in order.
         Returns:
             the final Carry, and (if asked) one list of per-layer MixerStates per invocation.
         """
@@ -114,25 +119,29 @@ class HierarchicalReasoner(nn.Module):
         states = [] if return_states else None
         first = first_recorded_invocation(self.config)
         # 2. Invocations outside the gradient window: no autograd record.
+        invoke = functools.partial(self._invoke, x=x, attention_mask=attention_mask, states_out=states,
+                                   initial_states=initial_states, hidden_states_out=hidden_states_out)
         with torch.no_grad():
             for index in range(first):
-                carry = self._invoke(index, carry, x, attention_mask, states)
+                carry = invoke(index, carry)
         # 3. The gradient window, in ceil(sqrt(m))-sized checkpointed segments when asked.
         recorded = range(first, len(self.schedule))
-        if self.config.checkpoint_cycles and torch.is_grad_enabled() and not return_states:
+        plain = return_states or initial_states is not None or hidden_states_out is not None
+        if self.config.checkpoint_cycles and torch.is_grad_enabled() and not plain:
             size = math.isqrt(len(recorded) - 1) + 1 if len(recorded) else 1
             for start in range(first, len(self.schedule), size):
                 segment = range(start, min(start + size, len(self.schedule)))
                 carry = checkpoint(self._run_segment, segment, carry, x, attention_mask, use_reentrant=False)
         else:
             for index in recorded:
-                carry = self._invoke(index, carry, x, attention_mask, states)
+                carry = invoke(index, carry)
         return carry, states
 
     def step(
-        self, x: torch.Tensor, states: list[list[MixerState]]
+        self, x: torch.Tensor, states: list[list[MixerState]], hidden_states_out: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, list[list[MixerState]]]:
-        """One token through all invocations. x: (b, d); states: one per-layer list per invocation.
+        """One token through all invocations. x: (b, d); states: one per-layer list per invocation;
+        hidden_states_out as in forward, entries (b, d).
 
         The H memory of a token holds that token's earlier z_H, so it needs no cache of its own.
         """
@@ -140,15 +149,16 @@ class HierarchicalReasoner(nn.Module):
         new_states = []
         for index, invocation_states in enumerate(states):
             stack, inputs = self._route(index, carry, x)
-            output, invocation_states = stack.step(inputs, invocation_states)
+            output, invocation_states = stack.step(inputs, invocation_states, hidden_states_out)
             carry = self._update(index, carry, output)
             new_states.append(invocation_states)
         return carry.z_H, new_states
 
-    def _invoke(self, index, carry, x, attention_mask, states_out) -> Carry:
-        """Invocation ``index`` of the schedule: one full scan of the L or the H stack."""
+    def _invoke(self, index, carry, x, attention_mask, states_out, initial_states=None, hidden_states_out=None) -> Carry:
+        """Invocation ``index`` of the schedule: one full scan of the L or the H stack (from ``initial_states[index]``)."""
         stack, inputs = self._route(index, carry, x)
-        output, final_states = stack(inputs, attention_mask=attention_mask)
+        output, final_states = stack(inputs, None if initial_states is None else initial_states[index],
+                                     attention_mask=attention_mask, hidden_states_out=hidden_states_out)
         if states_out is not None:
             states_out.append(final_states)
         return self._update(index, carry, output)

@@ -59,3 +59,74 @@ def test_num_hidden_layers_counts_every_block_application(overrides, expected):
     with torch.no_grad():
         cache = model(torch.randint(0, 50, (1, 5)), use_cache=True).cache
     assert sum(len(states) for states in cache.states) == expected
+
+
+@pytest.mark.parametrize("mixer", ["mamba1", "mamba2"])
+def test_hidden_states_are_every_block_output_and_end_with_z_H(mixer):
+    config = tiny(mixer=mixer)
+    model = model_for(config)
+    ids = torch.randint(0, 50, (2, 7))
+    with torch.no_grad():
+        out = model(ids, output_hidden_states=True)
+        plain = model(ids)
+    assert plain.hidden_states is None
+    assert len(out.hidden_states) == config.num_hidden_layers + 1
+    assert all(h.shape == (2, 7, config.hidden_size) for h in out.hidden_states)
+    torch.testing.assert_close(out.hidden_states[0], model.model.embeddings(ids) * config.embedding_multiplier)
+    torch.testing.assert_close(out.hidden_states[-1], out.last_hidden_state)
+    assert len({h.data_ptr() for h in out.hidden_states}) == len(out.hidden_states), "distinct tensors"
+    torch.testing.assert_close(out.logits, plain.logits)
+    # The decoding step returns the same count, one position each, equal to the full forward's last position.
+    with torch.no_grad():
+        cache = model(ids[:, :-1], use_cache=True).cache
+        step = model(ids[:, -1:], cache=cache, output_hidden_states=True)
+    assert len(step.hidden_states) == config.num_hidden_layers + 1
+    for full, one in zip(out.hidden_states, step.hidden_states):
+        torch.testing.assert_close(one, full[:, -1:], rtol=1e-4, atol=1e-4)
+
+
+def test_return_dict_false_gives_tuples_from_argument_and_config():
+    model = model_for(tiny())
+    ids = torch.randint(0, 50, (1, 6))
+    with torch.no_grad():
+        reference = model(ids, labels=ids)
+        as_tuple = model(ids, labels=ids, return_dict=False)
+        assert isinstance(as_tuple, tuple)
+        torch.testing.assert_close(as_tuple[0], reference.loss)
+        torch.testing.assert_close(as_tuple[1], reference.logits)
+        model.config.return_dict = False
+        from_config = model(ids)
+        base = model.model(ids)
+    assert isinstance(from_config, tuple) and isinstance(base, tuple)
+    torch.testing.assert_close(from_config[0], reference.logits)
+
+
+def test_positional_arguments_are_ids_then_attention_mask_and_unknown_keywords_raise():
+    model = model_for(tiny())
+    ids = torch.randint(1, 50, (2, 6))
+    mask = torch.ones(2, 6, dtype=torch.long)
+    mask[0, :3] = 0
+    with torch.no_grad():
+        positional = model(ids, mask).logits
+        keyword = model(input_ids=ids, attention_mask=mask).logits
+        unmasked = model(ids).logits
+        torch.testing.assert_close(positional, keyword)
+        assert not torch.allclose(positional[0, 3:], unmasked[0, 3:])
+        model(ids, position_ids=torch.arange(6)[None], output_attentions=False)  # transformers plumbing, ignored
+        with pytest.raises(TypeError, match="attention_masks"):
+            model(ids, attention_masks=mask)
+        with pytest.raises(TypeError, match="labelz"):
+            model.model(ids, labelz=ids)
+
+
+def test_prepare_inputs_for_generation_forwards_keywords_and_logits_to_keep():
+    model = model_for(tiny())
+    ids = torch.randint(1, 50, (2, 9))
+    inputs = model.prepare_inputs_for_generation(ids, attention_mask=torch.ones_like(ids), use_cache=True,
+                                                 logits_to_keep=1, output_hidden_states=True, custom_flag=3)
+    assert inputs["logits_to_keep"] == 1 and inputs["output_hidden_states"] is True and inputs["custom_flag"] == 3
+    seen = []
+    hook = model.lm_head.register_forward_hook(lambda module, args, out: seen.append(tuple(out.shape)))
+    model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0)
+    hook.remove()
+    assert seen == [(2, 1, 50)] * 3, "prefill computes logits for the last position only"

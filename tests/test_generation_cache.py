@@ -1,0 +1,94 @@
+"""HierMambaCache as a transformers Cache: continuation, embeddings, beams, multi-token continuation."""
+
+import pytest
+import torch
+from transformers.cache_utils import Cache
+
+from hier_mamba import HierMambaConfig, HierMambaForCausalLM
+
+
+def tiny(mixer="mamba2") -> HierMambaConfig:
+    return HierMambaConfig(vocab_size=50, hidden_size=32, H_layers=1, L_layers=2, H_cycles=2, L_cycles=1,
+                           mixer=mixer, state_size=8, head_dim=16, chunk_size=4)
+
+
+def model_for(mixer="mamba2") -> HierMambaForCausalLM:
+    torch.manual_seed(0)
+    return HierMambaForCausalLM(tiny(mixer)).eval()
+
+
+def test_cache_is_a_linear_transformers_cache():
+    model = model_for()
+    with torch.no_grad():
+        cache = model(torch.randint(0, 50, (2, 5)), use_cache=True).cache
+    assert isinstance(cache, Cache)
+    assert len(cache) == model.config.num_hidden_layers and all(cache.is_linear)
+    assert not cache.is_compileable and not cache.is_croppable
+    assert cache.get_seq_length() == 5
+
+
+@pytest.mark.parametrize("mixer", ["mamba1", "mamba2"])
+def test_generate_continues_from_a_returned_cache(mixer):
+    model = model_for(mixer)
+    prompt = torch.randint(1, 50, (2, 6))
+    whole = model.generate(prompt, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    first = model.generate(prompt, max_new_tokens=4, do_sample=False, pad_token_id=0,
+                           return_dict_in_generate=True)
+    # The cache has absorbed the prompt and 3 of the 4 new tokens (the last one was sampled, not yet fed).
+    assert first.cache.get_seq_length() == 6 + 3
+    rest = model.generate(first.sequences, cache=first.cache, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert torch.equal(rest, whole)
+
+
+def test_generate_from_inputs_embeds_with_a_cache():
+    model = model_for()
+    prompt = torch.randint(1, 50, (1, 7))
+    embeds = model.get_input_embeddings()(prompt)
+    reference = model.generate(prompt, max_new_tokens=5, do_sample=False, pad_token_id=0)[:, 7:]
+    with torch.no_grad():
+        cache = model(inputs_embeds=embeds[:, :4], use_cache=True).cache
+    generated = model.generate(inputs_embeds=embeds, cache=cache, max_new_tokens=5, do_sample=False, pad_token_id=0)
+    assert torch.equal(generated[:, -5:], reference)
+
+
+def test_beam_search_reorders_the_cache_like_a_full_recompute():
+    model = model_for()
+    prompt = torch.randint(1, 50, (2, 5))
+    beams = model.generate(prompt, max_new_tokens=6, num_beams=3, do_sample=False, pad_token_id=0,
+                           return_dict_in_generate=True, output_scores=True)
+    uncached = model.generate(prompt, max_new_tokens=6, num_beams=3, do_sample=False, pad_token_id=0,
+                              use_cache=False, return_dict_in_generate=True, output_scores=True)
+    assert torch.equal(beams.sequences, uncached.sequences)
+    torch.testing.assert_close(beams.sequences_scores, uncached.sequences_scores, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("mixer", ["mamba1", "mamba2"])
+def test_multi_token_continuation_is_the_parallel_scan_and_honours_the_mask(mixer):
+    model = model_for(mixer)
+    ids = torch.randint(1, 50, (2, 19))
+    with torch.no_grad():
+        full = model(ids).logits
+        cache = model(ids[:, :6], use_cache=True).cache
+        calls = []
+        hook = model.model.reasoner.L.register_forward_hook(lambda *args: calls.append(1))
+        tail = model(ids[:, 6:], cache=cache).logits  # 13 tokens at once: whole-sequence scans, not 13 steps
+        hook.remove()
+    torch.testing.assert_close(tail, full[:, 6:], rtol=1e-4, atol=1e-4)
+    assert len(calls) == model.config.H_cycles * model.config.L_cycles and cache.get_seq_length() == 19
+    # A left-padded prompt continued with several tokens equals the unpadded row continued.
+    padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), ids[:1, :6]], dim=1)
+    mask = torch.cat([torch.zeros(1, 3), torch.ones(1, 6 + 13)], dim=1).long()
+    with torch.no_grad():
+        cache = model(padded, attention_mask=mask[:, :9], use_cache=True).cache
+        tail_padded = model(ids[:1, 6:], attention_mask=mask, cache=cache).logits
+    torch.testing.assert_close(tail_padded, full[:1, 6:], rtol=1e-4, atol=1e-4)
+
+
+def test_cache_storage_stays_constant_over_generation():
+    model = model_for()
+    out = model.generate(torch.randint(1, 50, (1, 4)), max_new_tokens=2, do_sample=False, pad_token_id=0,
+                         return_dict_in_generate=True)
+    before = out.cache.nbytes()
+    longer = model.generate(out.sequences, cache=out.cache, max_new_tokens=20, do_sample=False, pad_token_id=0,
+                            return_dict_in_generate=True)
+    assert longer.cache.nbytes() == before
