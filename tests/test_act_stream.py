@@ -12,13 +12,7 @@ TINY = dict(vocab_size=12, hidden_size=32, H_layers=1, L_layers=1, H_cycles=2, L
             head_dim=16, chunk_size=16, bidirectional=True, halt_exploration_prob=0.0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors run fastest on one thread (see test_act.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny_model(seed: int = 0, q_weight_std: float = 0.0, **overrides) -> HierMambaForTokenClassification:
