@@ -97,6 +97,10 @@ class HierMambaPreTrainedModel(PreTrainedModel):
     # from_pretrained(dtype=bf16 / fp16) loads these in fp32 (regexes over parameter names; mixers.FP32_PARAMETERS)
     _keep_in_fp32_modules_strict = [r"\.(A_log|D|dt_bias)$"]
 
+    def __init__(self, config: HierMambaConfig, *args, **kwargs):
+        config.validate_fields()  # again: a field set after the config was built (e.g. head_dim) fails here, named
+        super().__init__(config, *args, **kwargs)
+
     def _init_weights(self, module: nn.Module) -> None:
         """Linear normal(initializer_range); Embedding normal(config.embedding_init_std: HRM's 1/sqrt(d)
         by default, the forward multiplies by sqrt(d)); mixers as mamba_ssm's Mamba/Mamba2 (S4D-real A,
@@ -223,9 +227,14 @@ class HierMambaModel(HierMambaPreTrainedModel):
             if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.hidden_size:
                 raise ValueError(f"inputs_embeds must be (batch, length, {self.config.hidden_size}), "
                                  f"got {tuple(inputs_embeds.shape)}")
+            if inputs_embeds.shape[1] == 0:
+                raise ValueError(f"inputs_embeds is empty (shape {tuple(inputs_embeds.shape)}): give at least one position")
             return inputs_embeds
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
+        if input_ids.shape[1] == 0:
+            raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}): give at least one token "
+                             "(generate needs a non-empty prompt, e.g. a BOS token)")
         check_token_ids("input_ids", input_ids, self.config.vocab_size)
         return self.embeddings(input_ids)
 

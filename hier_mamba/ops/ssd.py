@@ -48,9 +48,14 @@ def ssd_chunked(
     pad = (Q - length % Q) % Q
     chunks = (length + pad) // Q
 
-    # 1. Discretize, pad to whole chunks; lay out as (b, c, g, ...) so every product below is one
-    #    batched matmul over contiguous blocks.
+    # 0. Non-finite inputs: a chunk's matmuls would spread a NaN / inf at position t to the earlier positions of
+    #    its chunk (0 * NaN = NaN). Compute on finite values and make the outputs non-finite from t on instead,
+    #    as the recurrence does (per head; exact 0 added elsewhere, so finite inputs give identical results).
     dt = discretize_dt(dt, dt_bias, dt_softplus, dt_limit)  # (b, l, h)
+    x, dt, B, C, poison = _split_non_finite(x, dt, B, C)  # poison: (b, l, h) of 0, or NaN from the first bad position
+
+    # 1. Pad to whole chunks; lay out as (b, c, g, ...) so every product below is one batched matmul over
+    #    contiguous blocks.
     x_dt = F.pad(x.float() * dt.unsqueeze(-1), (0, 0, 0, 0, 0, pad))  # (b, l', h, p)
     x_dt = x_dt.view(batch, chunks, Q, groups, rep, head_dim).permute(0, 1, 3, 4, 2, 5)  # (b, c, g, r, q, p)
     dA = F.pad(dt * A.float(), (0, 0, 0, pad)).view(batch, chunks, Q, groups, rep)  # (b, c, q, g, r)
@@ -82,10 +87,12 @@ def ssd_chunked(
     y = y + (C.unsqueeze(3) @ entering.transpose(-1, -2)) * torch.exp(dA_cum).unsqueeze(-1)  # (b, c, g, r, q, p)
     y = y.permute(0, 1, 4, 2, 3, 5).reshape(batch, chunks * Q, heads, head_dim)[:, :length]  # (b, l, h, p)
 
-    # 6. Skip connection.
+    # 6. Skip connection; non-finite inputs re-injected causally.
     if D is not None:
         y = y + x.float() * _per_head(D)
-    return y.to(x.dtype), start.reshape(batch, heads, head_dim, state_size)
+    y = y + poison[..., None]
+    final_state = start.reshape(batch, heads, head_dim, state_size) + poison[:, -1, :, None, None]
+    return y.to(x.dtype), final_state
 
 
 def ssd_state_update(
@@ -135,6 +142,19 @@ def ssd_sequential(
         y_t, state = ssd_state_update(state, x[:, t], dt[:, t], A, B[:, t], C[:, t], D, dt_bias, dt_softplus, dt_limit)
         outputs.append(y_t)
     return torch.stack(outputs, dim=1), state
+
+
+def _split_non_finite(x, dt, B, C):
+    """Zero non-finite entries of x (b, l, h, p), dt (b, l, h), B, C (b, l, g, n); also return the causal
+    poison (b, l, h) in fp32: NaN at and after the first position where a head's inputs were not all finite, else 0."""
+    rep = x.shape[2] // B.shape[2]
+    finite_x, finite_dt = torch.isfinite(x), torch.isfinite(dt)
+    finite_B, finite_C = torch.isfinite(B), torch.isfinite(C)
+    bad = (~finite_x.all(-1)) | (~finite_dt) | (~(finite_B.all(-1) & finite_C.all(-1))).repeat_interleave(rep, dim=2)
+    poison = torch.zeros(bad.shape, dtype=torch.float32, device=x.device).masked_fill(bad.cumsum(1) > 0, float("nan"))
+    x, dt = torch.where(finite_x, x, 0), torch.where(finite_dt, dt, 0)
+    B, C = torch.where(finite_B, B, 0), torch.where(finite_C, C, 0)
+    return x, dt, B, C, poison
 
 
 def discretize_dt(dt, dt_bias, softplus: bool, limit: tuple[float, float]) -> torch.Tensor:
