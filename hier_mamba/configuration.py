@@ -281,10 +281,10 @@ class HierMambaConfig(PreTrainedConfig):
             raise ValueError(f"rms_norm_eps must be > 0, got {self.rms_norm_eps!r}")
         if not 0.0 <= self.halt_exploration_prob <= 1.0:
             raise ValueError(f"halt_exploration_prob must be in [0, 1], got {self.halt_exploration_prob!r}")
-        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
-            value = getattr(self, name, None)
-            if value is not None and not 0 <= value < self.vocab_size:
-                raise ValueError(f"{name}={value} is outside the vocabulary [0, {self.vocab_size})")
+        # pad_token_id indexes the embeddings; bos/eos are generation settings, unchecked as in transformers' configs
+        value = getattr(self, "pad_token_id", None)
+        if value is not None and not 0 <= value < self.vocab_size:
+            raise ValueError(f"pad_token_id={value} is outside the vocabulary [0, {self.vocab_size})")
 
     def _validate_grid(self) -> None:
         for name in ("grid_shape", "box_shape"):

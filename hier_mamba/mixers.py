@@ -38,7 +38,7 @@ def mask_padding(x: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.
 def inverse_softplus_dt(size: int, config: HierMambaConfig) -> torch.Tensor:
     """dt bias such that softplus(bias) is log-uniform in [time_step_min, time_step_max]."""
     log_min, log_max = math.log(config.time_step_min), math.log(config.time_step_max)
-    dt = torch.exp(torch.rand(size) * (log_max - log_min) + log_min).clamp(min=config.time_step_floor)
+    dt = torch.exp(torch.rand(size, dtype=torch.float32) * (log_max - log_min) + log_min).clamp(min=config.time_step_floor)
     return dt + torch.log(-torch.expm1(-dt))
 
 
@@ -79,7 +79,7 @@ class Mamba2Mixer(_KeepFP32):
                                 padding=config.conv_kernel - 1, bias=config.use_conv_bias)
         self.dt_bias = nn.Parameter(inverse_softplus_dt(self.heads, config))
         self.A_log = nn.Parameter(torch.log(torch.arange(1, self.heads + 1, dtype=torch.float32)))
-        self.D = nn.Parameter(torch.ones(self.heads))
+        self.D = nn.Parameter(torch.ones(self.heads, dtype=torch.float32))
         self.norm = RMSNorm(self.d_inner, eps=config.rms_norm_eps, group_size=self.d_inner // self.n_groups)
         self.out_proj = nn.Linear(self.d_inner, config.hidden_size, bias=config.use_bias)
 
@@ -147,7 +147,7 @@ class Mamba1Mixer(_KeepFP32):
             self.dt_proj.bias.copy_(inverse_softplus_dt(self.d_inner, config))
         A = torch.arange(1, self.state_size + 1, dtype=torch.float32).expand(self.d_inner, -1)  # S4D-real
         self.A_log = nn.Parameter(torch.log(A).contiguous())
-        self.D = nn.Parameter(torch.ones(self.d_inner))
+        self.D = nn.Parameter(torch.ones(self.d_inner, dtype=torch.float32))
         self.out_proj = nn.Linear(self.d_inner, config.hidden_size, bias=config.use_bias)
 
     def forward(

@@ -18,7 +18,7 @@ from transformers.modeling_outputs import ModelOutput
 
 from .cache import HierMambaCache
 from .configuration import HierMambaConfig
-from .mixers import Mamba1Mixer, Mamba2Mixer, inverse_softplus_dt
+from .mixers import FP32_PARAMETERS, Mamba1Mixer, Mamba2Mixer, inverse_softplus_dt
 from .reasoning import H_INIT_SEED, L_INIT_SEED, Carry, HierarchicalReasoner, fixed_initial_state
 
 
@@ -49,6 +49,9 @@ class HierMambaCausalLMOutput(ModelOutput):
 # Keyword arguments transformers' generation or Trainer may pass that mean nothing to a recurrent model without
 # attention or positions (transformers' Mamba2 swallows them too); any other unknown keyword raises a TypeError.
 IGNORED_FORWARD_KWARGS = frozenset({"position_ids", "cache_position", "output_attentions"})
+
+
+LOSS_KWARGS = frozenset({"num_items_in_batch", "shift_labels", "ignore_index"})  # ForCausalLMLoss's keywords
 
 
 def check_forward_kwargs(owner: str, kwargs: dict, accepted: frozenset = frozenset()) -> None:
@@ -94,8 +97,8 @@ class HierMambaPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["Block"]
     _is_stateful = True
-    # from_pretrained(dtype=bf16 / fp16) loads these in fp32 (regexes over parameter names; mixers.FP32_PARAMETERS)
-    _keep_in_fp32_modules_strict = [r"\.(A_log|D|dt_bias)$"]
+    # from_pretrained(dtype=bf16 / fp16) loads these in fp32 (parameter names; mixers.FP32_PARAMETERS)
+    _keep_in_fp32_modules_strict = list(FP32_PARAMETERS)
 
     def __init__(self, config: HierMambaConfig, *args, **kwargs):
         config.validate_fields()  # again: a field set after the config was built (e.g. head_dim) fails here, named
@@ -283,12 +286,13 @@ class HierMambaForCausalLM(HierMambaPreTrainedModel, GenerationMixin):
                 HierMambaModel.forward.
             labels: (b, l) targets, shifted inside (position t predicts labels[t + 1]); -100 is ignored.
             logits_to_keep: if an int > 0, only the last that many positions get logits; a 1-D tensor: those positions.
-            kwargs: num_items_in_batch (Trainer's loss normalisation); position_ids / cache_position /
+            kwargs: LOSS_KWARGS for transformers' loss (num_items_in_batch: Trainer's normalisation; shift_labels:
+                targets already aligned by sequence-parallel training); position_ids / cache_position /
                 output_attentions are ignored; anything else raises TypeError.
         Returns:
             HierMambaCausalLMOutput with logits (b, l or logits_to_keep, vocab) in fp32, or its tuple.
         """
-        check_forward_kwargs(type(self).__name__, kwargs, accepted=frozenset({"num_items_in_batch"}))
+        check_forward_kwargs(type(self).__name__, kwargs, accepted=LOSS_KWARGS)
         return_dict = self.config.return_dict if return_dict is None else return_dict
         # 1. Backbone.
         outputs = self.model(input_ids, attention_mask, inputs_embeds, cache=cache, use_cache=use_cache,

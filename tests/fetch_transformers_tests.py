@@ -1,0 +1,67 @@
+"""Fetch transformers' own common model tests for tests/test_transformers_common.py (run once, e.g. in .ci/run).
+
+    python tests/fetch_transformers_tests.py [DEST]     # DEST defaults to build/transformers-tests (git-ignored)
+
+1. ``pip download --no-deps --no-binary :all: transformers==<installed>``: the sdist ships tests/*.py
+   (test_modeling_common.py, test_configuration_common.py, ...), unpacked to DEST/transformers-<version>/tests.
+2. The files the sdist lacks but those import (tests/generation/test_utils.py and the generation files it imports,
+   tests/exporters/test_export.py, tests/utils/test_configuration_utils.py) come from the transformers repository
+   at tag v<version> (raw.githubusercontent.com). A file that cannot be downloaded is replaced by a placeholder
+   module whose ``HIER_MAMBA_PLACEHOLDER = True`` makes the tests that need it skip (named in the skip reason).
+
+Nothing is copied into this repository. Exits 0 even when offline (the tests then skip); prints what it got.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tarfile
+import urllib.request
+from pathlib import Path
+
+import transformers
+
+RAW = "https://raw.githubusercontent.com/huggingface/transformers/v{version}/tests/{path}"
+# repository files the sdist lacks -> the placeholder written when a download fails
+REPOSITORY_FILES = {
+    "generation/test_utils.py": "class GenerationTesterMixin:\n    pass\n",
+    "exporters/test_export.py": "class ExportTesterMixin:\n    pass\n",
+    "utils/test_configuration_utils.py": "config_common_kwargs = {}\n",
+}
+
+
+def tests_dir(dest: Path, version: str = transformers.__version__) -> Path:
+    return dest / f"transformers-{version}" / "tests"
+
+
+def fetch(dest: Path, version: str = transformers.__version__) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    target = tests_dir(dest, version)
+    if not (target / "test_modeling_common.py").exists():
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                        f"transformers=={version}", "-d", str(dest)], check=True)
+        with tarfile.open(dest / f"transformers-{version}.tar.gz") as archive:
+            members = [m for m in archive.getmembers() if m.name.startswith(f"transformers-{version}/tests/")]
+            archive.extractall(dest, members=members, filter="data")
+    for package in ("", "generation", "exporters", "utils"):  # importable as a package (pytest's import hooks need it)
+        (target / package).mkdir(parents=True, exist_ok=True)
+        (target / package / "__init__.py").touch()
+    for path, placeholder in REPOSITORY_FILES.items():
+        file = target / path
+        if file.exists() and "HIER_MAMBA_PLACEHOLDER" not in file.read_text():
+            continue
+        file.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with urllib.request.urlopen(RAW.format(version=version, path=path), timeout=30) as response:
+                file.write_bytes(response.read())
+            print(f"downloaded tests/{path}")
+        except OSError as error:
+            file.write_text(f"HIER_MAMBA_PLACEHOLDER = True  # tests/{path} not downloadable: {error}\n{placeholder}")
+            print(f"placeholder for tests/{path} ({error})")
+    return target
+
+
+if __name__ == "__main__":
+    root = Path(__file__).resolve().parents[1]
+    print(fetch(Path(sys.argv[1]) if len(sys.argv) > 1 else root / "build" / "transformers-tests"))
