@@ -42,6 +42,38 @@ def inverse_softplus_dt(size: int, config: HierMambaConfig) -> torch.Tensor:
     return dt + torch.log(-torch.expm1(-dt))
 
 
+def intercepted(module: nn.Module) -> bool:
+    """Whether something stands in a module's forward (a peft adapter, an accelerate offload hook, a forward hook):
+    then the mixers call the module instead of reading its weights (their fast path)."""
+    return (type(module) not in (nn.Conv1d, nn.Linear) or bool(module._forward_hooks)
+            or bool(module._forward_pre_hooks) or hasattr(module, "_hf_hook"))
+
+
+def causal_conv(conv1d: nn.Conv1d, ops, x: torch.Tensor, state: torch.Tensor | None, width: int):
+    """The mixer's causal depthwise conv (width w) + silu over x (b, c, l) from state (b, c, w - 1) or None (zeros).
+
+    Returns y (b, c, l) and the final state. The ops' conv reads ``conv1d``'s weights; an intercepted conv1d is
+    called as a module on [state, x] (its padding w - 1 makes output t + w - 1 the causal window ending at t).
+    """
+    if not intercepted(conv1d):
+        return ops.conv(x, conv1d.weight.squeeze(1), conv1d.bias, state)
+    length = x.shape[-1]
+    if state is None:
+        state = x.new_zeros(x.shape[0], x.shape[1], width - 1)
+    full = torch.cat([state.to(x.dtype), x], dim=-1)  # (b, c, w - 1 + l)
+    y = conv1d(full)[..., width - 1:width - 1 + length]  # (b, c, l)
+    return nn.functional.silu(y), full[..., full.shape[-1] - (width - 1):].clone()
+
+
+def causal_conv_step(conv1d: nn.Conv1d, ops, x: torch.Tensor, state: torch.Tensor):
+    """One token of :func:`causal_conv`: x (b, c), state (b, c, w - 1) -> y (b, c), new state."""
+    if not intercepted(conv1d):
+        return ops.conv_step(x, state, conv1d.weight.squeeze(1), conv1d.bias)
+    window = torch.cat([state.to(x.dtype), x.unsqueeze(-1)], dim=-1)  # (b, c, w)
+    y = conv1d(window)[..., window.shape[-1] - 1]  # the window ending at the new token
+    return nn.functional.silu(y), window[..., 1:].clone()
+
+
 FP32_PARAMETERS = ("A_log", "D", "dt_bias")
 """Mixer parameters kept in fp32 whatever the model dtype (mamba_ssm's and the kernels' convention):
 a bf16 A or dt bias moves every decay exp(dt A); HierMambaPreTrainedModel names them for from_pretrained."""
@@ -97,8 +129,8 @@ class Mamba2Mixer(_KeepFP32):
         z, xBC, dt = projected.split([self.d_inner, self.conv_dim, self.heads], dim=-1)
         xBC = mask_padding(xBC, attention_mask)  # with use_bias, in_proj(0) = bias: the conv must see 0
         # 2. Causal depthwise conv over time, padded positions zeroed again.
-        xBC, conv_state = ops.conv(xBC.transpose(1, 2), self.conv1d.weight.squeeze(1), self.conv1d.bias,
-                                   None if state is None else state.conv)  # (b, conv_dim, l)
+        xBC, conv_state = causal_conv(self.conv1d, ops, xBC.transpose(1, 2), None if state is None else state.conv,
+                                      self.config.conv_kernel)  # (b, conv_dim, l)
         xBC = mask_padding(xBC.transpose(1, 2), attention_mask)  # (b, l, conv_dim)
         x, B, C = xBC.split([self.d_inner, self.n_groups * self.state_size, self.n_groups * self.state_size], dim=-1)
         # 3. Chunked SSD scan.
@@ -118,7 +150,7 @@ class Mamba2Mixer(_KeepFP32):
         batch = hidden_states.shape[0]
         ops = get_ops(self.config.ssm_backend, hidden_states.device)
         z, xBC, dt = self.in_proj(hidden_states).split([self.d_inner, self.conv_dim, self.heads], dim=-1)
-        xBC, conv_state = ops.conv_step(xBC, state.conv, self.conv1d.weight.squeeze(1), self.conv1d.bias)
+        xBC, conv_state = causal_conv_step(self.conv1d, ops, xBC, state.conv)
         x, B, C = xBC.split([self.d_inner, self.n_groups * self.state_size, self.n_groups * self.state_size], dim=-1)
         y, ssm_state = ops.ssd_state_update(
             state.ssm, x.reshape(batch, self.heads, self.head_dim), dt, -torch.exp(self.A_log.float()),
@@ -164,16 +196,19 @@ class Mamba1Mixer(_KeepFP32):
         projected = mask_padding(projected, attention_mask).transpose(1, 2)  # (b, 2 d_inner, l)
         x, z = projected.chunk(2, dim=1)
         # 2. Causal depthwise conv over time, padded positions zeroed again.
-        x, conv_state = ops.conv(x, self.conv1d.weight.squeeze(1), self.conv1d.bias,
-                                 None if state is None else state.conv)  # (b, d_inner, l)
+        x, conv_state = causal_conv(self.conv1d, ops, x, None if state is None else state.conv,
+                                    self.config.conv_kernel)  # (b, d_inner, l)
         x = mask_padding(x.transpose(1, 2), attention_mask)  # (b, l, d_inner)
         # 3. Input-dependent dt, B, C.
         dt, B, C = self.x_proj(x).split([self.dt_rank, self.state_size, self.state_size], dim=-1)
-        dt = self.dt_proj.weight @ dt.transpose(1, 2)  # (b, d_inner, l); bias added in the scan
+        if intercepted(self.dt_proj):  # an adapter or hook on dt_proj: call it (bias included)
+            dt, dt_bias = self.dt_proj(dt).transpose(1, 2), None  # (b, d_inner, l)
+        else:  # the bias is added in the scan, in fp32 (as mamba_ssm does)
+            dt, dt_bias = self.dt_proj.weight @ dt.transpose(1, 2), self.dt_proj.bias  # (b, d_inner, l)
         # 4. Selective scan with the silu(z) gate, then the output projection.
         y, ssm_state = ops.selective_scan(
             x.transpose(1, 2), dt, -torch.exp(self.A_log.float()), B.transpose(1, 2), C.transpose(1, 2),
-            D=self.D, z=z, delta_bias=self.dt_proj.bias, delta_softplus=True,
+            D=self.D, z=z, delta_bias=dt_bias, delta_softplus=True,
             initial_state=None if state is None else state.ssm,
         )  # (b, d_inner, l)
         return self.out_proj(y.transpose(1, 2)), MixerState(conv_state, ssm_state)
@@ -182,11 +217,15 @@ class Mamba1Mixer(_KeepFP32):
         """One token. hidden_states: (b, d); state from forward or a previous step. Returns (b, d), new state."""
         ops = get_ops(self.config.ssm_backend, hidden_states.device)
         x, z = self.in_proj(hidden_states).chunk(2, dim=-1)
-        x, conv_state = ops.conv_step(x, state.conv, self.conv1d.weight.squeeze(1), self.conv1d.bias)
+        x, conv_state = causal_conv_step(self.conv1d, ops, x, state.conv)
         dt, B, C = self.x_proj(x).split([self.dt_rank, self.state_size, self.state_size], dim=-1)
+        if intercepted(self.dt_proj):
+            dt, dt_bias = self.dt_proj(dt), None  # (b, d_inner)
+        else:
+            dt, dt_bias = dt @ self.dt_proj.weight.t(), self.dt_proj.bias
         y, ssm_state = ops.selective_state_update(
-            state.ssm, x, dt @ self.dt_proj.weight.t(), -torch.exp(self.A_log.float()), B, C,
-            D=self.D, z=z, delta_bias=self.dt_proj.bias, delta_softplus=True,
+            state.ssm, x, dt, -torch.exp(self.A_log.float()), B, C,
+            D=self.D, z=z, delta_bias=dt_bias, delta_softplus=True,
         )  # (b, d_inner)
         return self.out_proj(y), MixerState(conv_state, ssm_state)
 
