@@ -75,13 +75,21 @@ def check_attention_mask(mask: torch.Tensor | None, shape: torch.Size, cached: b
     return mask
 
 
-def check_token_ids(name: str, ids: torch.Tensor, vocab_size: int, ignore_index: int | None = None) -> None:
-    """Raise ValueError naming the first id outside [0, vocab_size) (``ignore_index`` allowed)."""
+def check_token_ids(name: str, ids: torch.Tensor, vocab_size: int, ignore_index: int | None = None,
+                    blocking: bool = True) -> None:
+    """Raise ValueError naming the first id outside [0, vocab_size) (``ignore_index`` allowed).
+
+    ``blocking=False`` (decoded tokens) and under torch.compile: ``torch._assert_async`` instead, which does not
+    wait for the device (no host sync per token, no graph break); it raises a RuntimeError without the position.
+    """
     if ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
         raise ValueError(f"{name} must be an integer tensor, got dtype {ids.dtype}")
     bad = (ids < 0) | (ids >= vocab_size)
     if ignore_index is not None:
         bad &= ids != ignore_index
+    if not blocking or torch.compiler.is_compiling():
+        torch._assert_async(~bad.any(), f"{name} holds ids outside the vocabulary [0, {vocab_size})")
+        return
     if bad.any():
         position = tuple(int(i) for i in bad.nonzero()[0])
         raise ValueError(f"{name}{list(position)} = {int(ids[position])} is outside the vocabulary [0, {vocab_size})")
@@ -238,7 +246,8 @@ class HierMambaModel(HierMambaPreTrainedModel):
         if input_ids.shape[1] == 0:
             raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}): give at least one token "
                              "(generate needs a non-empty prompt, e.g. a BOS token)")
-        check_token_ids("input_ids", input_ids, self.config.vocab_size)
+        # one token per call is decoding: checked without a host sync
+        check_token_ids("input_ids", input_ids, self.config.vocab_size, blocking=input_ids.shape[1] > 1)
         return self.embeddings(input_ids)
 
     def _scale_input(self, x: torch.Tensor) -> torch.Tensor:

@@ -17,10 +17,10 @@ from hier_mamba.ops import TORCH_OPS, backend
 @pytest.fixture
 def kernels_missing(monkeypatch):
     """cuda_kernels_error() reports missing kernels; every cached resolution is dropped around the test."""
-    backend._resolve.cache_clear()
+    backend.clear_resolutions()
     monkeypatch.setattr(backend, "cuda_kernels_error", lambda: "ModuleNotFoundError: No module named 'selective_scan_cuda'")
     yield
-    backend._resolve.cache_clear()
+    backend.clear_resolutions()
 
 
 def test_auto_on_cuda_without_kernels_warns_once_with_the_install_command(kernels_missing):

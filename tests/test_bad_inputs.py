@@ -71,3 +71,21 @@ def test_config_field_set_after_construction_is_validated_at_model_construction(
     config.head_dim = 48  # does not divide intermediate_size = 64
     with pytest.raises(ValueError, match="head_dim"):
         HierMambaForCausalLM(config)
+
+
+def test_a_decoding_step_validates_without_reading_tensors_on_the_host(monkeypatch):
+    """No Tensor -> Python bool/int conversion (a device sync on a GPU) in a one-token cached step."""
+    model = HierMambaForCausalLM(tiny()).eval()
+    with torch.no_grad():
+        cache = model(torch.randint(1, 50, (2, 5)), use_cache=True).cache
+        conversions = []
+        for method in ("__bool__", "item", "tolist", "__int__"):
+            original = getattr(torch.Tensor, method)
+            monkeypatch.setattr(torch.Tensor, method,
+                                lambda self, *a, _original=original, _name=method: (conversions.append(_name),
+                                                                                    _original(self, *a))[1])
+        model(torch.tensor([[3], [4]]), cache=cache)
+        monkeypatch.undo()
+    assert conversions == []
+    with torch.no_grad(), pytest.raises(RuntimeError, match="outside the vocabulary"):
+        model(torch.tensor([[3], [50]]), cache=cache)

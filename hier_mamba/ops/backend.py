@@ -63,9 +63,22 @@ def cuda_kernels_error() -> str | None:
     return None
 
 
+_RESOLVED: dict[tuple[str, str], Ops] = {}  # a plain dict: torch.compile reads it without a graph break
+
+
 def get_ops(requested: str, device: torch.device) -> Ops:
     """Resolve ``requested`` ("auto" | "torch" | "cuda") for tensors on ``device``."""
-    return _resolve(requested, torch.device(device).type)
+    key = (requested, device.type if isinstance(device, torch.device) else torch.device(device).type)
+    ops = _RESOLVED.get(key)
+    if ops is None:  # first use (outside a compiled region in practice): resolve, warn and log once
+        ops = _RESOLVED[key] = _resolve(*key)
+    return ops
+
+
+def clear_resolutions() -> None:
+    """Forget every resolution (tests that change what is importable)."""
+    _RESOLVED.clear()
+    _resolve.cache_clear()
 
 
 @functools.lru_cache(maxsize=None)
