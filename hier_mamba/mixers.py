@@ -92,6 +92,11 @@ class _KeepFP32(nn.Module):
                 parameter.data = original.to(parameter.device)
         return self
 
+    def step(self, hidden_states: torch.Tensor, state: MixerState) -> tuple[torch.Tensor, MixerState]:
+        """One token (b, d) from ``state``: through ``__call__`` (forward with step=True), so the module's hooks
+        (accelerate offload, FSDP, peft) run on the decoding path too. Returns (b, d) and the new state."""
+        return self(hidden_states, state, step=True)
+
 
 class Mamba2Mixer(_KeepFP32):
     """Mamba2 mixer: in_proj -> causal conv over (x, B, C) -> SSD -> gated RMSNorm -> out_proj.
@@ -120,8 +125,12 @@ class Mamba2Mixer(_KeepFP32):
         hidden_states: torch.Tensor,
         state: MixerState | None = None,
         attention_mask: torch.Tensor | None = None,
+        step: bool = False,
     ) -> tuple[torch.Tensor, MixerState]:
-        """hidden_states: (b, l, d); state: initial state or None (zeros). Returns (b, l, d) and the final state."""
+        """hidden_states: (b, l, d); state: initial state or None (zeros). Returns (b, l, d) and the final state.
+        step=True: one token, hidden_states (b, d) and a state required (see :meth:`step`)."""
+        if step:
+            return self._step(hidden_states, state)
         batch, length, _ = hidden_states.shape
         ops = get_ops(self.config.ssm_backend, hidden_states.device)
         # 1. Input projection to the gate z, the conv input (x, B, C) and dt.
@@ -145,7 +154,7 @@ class Mamba2Mixer(_KeepFP32):
         out = self.out_proj(self.norm(y.reshape(batch, length, self.d_inner), z))
         return out, MixerState(conv_state, ssm_state)
 
-    def step(self, hidden_states: torch.Tensor, state: MixerState) -> tuple[torch.Tensor, MixerState]:
+    def _step(self, hidden_states: torch.Tensor, state: MixerState) -> tuple[torch.Tensor, MixerState]:
         """One token. hidden_states: (b, d); state from forward or a previous step. Returns (b, d), new state."""
         batch = hidden_states.shape[0]
         ops = get_ops(self.config.ssm_backend, hidden_states.device)
@@ -187,8 +196,12 @@ class Mamba1Mixer(_KeepFP32):
         hidden_states: torch.Tensor,
         state: MixerState | None = None,
         attention_mask: torch.Tensor | None = None,
+        step: bool = False,
     ) -> tuple[torch.Tensor, MixerState]:
-        """hidden_states: (b, l, d); state: initial state or None (zeros). Returns (b, l, d) and the final state."""
+        """hidden_states: (b, l, d); state: initial state or None (zeros). Returns (b, l, d) and the final state.
+        step=True: one token, hidden_states (b, d) and a state required (see :meth:`step`)."""
+        if step:
+            return self._step(hidden_states, state)
         ops = get_ops(self.config.ssm_backend, hidden_states.device)
         # 1. Input projection to x and the gate z, channels first for the conv and the scan.
         projected = self.in_proj(mask_padding(hidden_states, attention_mask))
@@ -213,7 +226,7 @@ class Mamba1Mixer(_KeepFP32):
         )  # (b, d_inner, l)
         return self.out_proj(y.transpose(1, 2)), MixerState(conv_state, ssm_state)
 
-    def step(self, hidden_states: torch.Tensor, state: MixerState) -> tuple[torch.Tensor, MixerState]:
+    def _step(self, hidden_states: torch.Tensor, state: MixerState) -> tuple[torch.Tensor, MixerState]:
         """One token. hidden_states: (b, d); state from forward or a previous step. Returns (b, d), new state."""
         ops = get_ops(self.config.ssm_backend, hidden_states.device)
         x, z = self.in_proj(hidden_states).chunk(2, dim=-1)

@@ -101,8 +101,9 @@ class HierarchicalReasoner(nn.Module):
         return_states: bool = False,
         initial_states: list[list[MixerState]] | None = None,
         hidden_states_out: list[torch.Tensor] | None = None,
+        step: bool = False,
     ) -> tuple[Carry, list[list[MixerState]] | None]:
-        """Run all cycles over the sequence.
+        """Run all cycles over the sequence (step=True: one token, see :meth:`step`).
 
         Args:
             x: (b, l, d) input embedding, injected into every L call.
@@ -114,6 +115,8 @@ class HierarchicalReasoner(nn.Module):
         Returns:
             the final Carry, and (if asked) one list of per-layer MixerStates per invocation.
         """
+        if step:
+            return self._step(x, initial_states, hidden_states_out)
         # 1. Start from the initial states (or the given carry).
         carry = carry if carry is not None else self.initial_carry(x)
         states = [] if return_states else None
@@ -141,7 +144,12 @@ class HierarchicalReasoner(nn.Module):
         self, x: torch.Tensor, states: list[list[MixerState]], hidden_states_out: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, list[list[MixerState]]]:
         """One token through all invocations. x: (b, d); states: one per-layer list per invocation;
-        hidden_states_out as in forward, entries (b, d).
+        hidden_states_out as in forward, entries (b, d). Runs through ``__call__`` so module hooks (accelerate
+        offload of H_init / L_init, FSDP) apply. Returns z_H (b, d) and the new states."""
+        return self(x, initial_states=states, hidden_states_out=hidden_states_out, step=True)
+
+    def _step(self, x, states, hidden_states_out):
+        """See :meth:`step`.
 
         The H memory of a token holds that token's earlier z_H, so it needs no cache of its own.
         """
@@ -172,6 +180,8 @@ class HierarchicalReasoner(nn.Module):
         else:
             stack, terms = self.H, (carry.z_H, carry.z_L)
         device = stack.norm_f.weight.device  # a device_map may place H, L and the embeddings apart (HrmText does too)
+        if device.type == "meta":  # offloaded (accelerate loads it in the stack's own hook): leave the inputs be
+            device = terms[0].device
         injected = terms[0].to(device)
         for term in terms[1:]:
             injected = injected + term.to(device)

@@ -78,3 +78,18 @@ def test_gradient_reaches_a_wrapped_conv_adapter():
     model(ids, labels=ids).loss.backward()
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert trainable and all(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable)
+
+
+def test_disk_offload_forward_and_generate_match(tmp_path):
+    """accelerate's offload hooks load weights in each module's own forward: the decoding step must go through them."""
+    pytest.importorskip("accelerate")
+    model = model_for("mamba2")
+    model.save_pretrained(tmp_path)
+    offloaded = HierMambaForCausalLM.from_pretrained(tmp_path, device_map="auto", max_memory={"cpu": 20000},
+                                                     offload_folder=tmp_path / "offload").eval()
+    assert any(p.device.type == "meta" for p in offloaded.parameters()), "weights really are offloaded"
+    ids = torch.randint(1, 40, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(offloaded(ids).logits, model(ids).logits, rtol=1e-5, atol=1e-5)
+    expected = model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert torch.equal(offloaded.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0), expected)

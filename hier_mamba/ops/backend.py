@@ -70,7 +70,7 @@ def get_ops(requested: str, device: torch.device) -> Ops:
     """Resolve ``requested`` ("auto" | "torch" | "cuda") for tensors on ``device``."""
     key = (requested, device.type if isinstance(device, torch.device) else torch.device(device).type)
     ops = _RESOLVED.get(key)
-    if ops is None:  # first use (outside a compiled region in practice): resolve, warn and log once
+    if ops is None:  # first use: resolve, warn and log once
         ops = _RESOLVED[key] = _resolve(*key)
     return ops
 
@@ -78,10 +78,8 @@ def get_ops(requested: str, device: torch.device) -> Ops:
 def clear_resolutions() -> None:
     """Forget every resolution (tests that change what is importable)."""
     _RESOLVED.clear()
-    _resolve.cache_clear()
 
 
-@functools.lru_cache(maxsize=None)
 def _resolve(requested: str, device_type: str) -> Ops:
     if requested == "torch":
         ops = TORCH_OPS
@@ -94,14 +92,15 @@ def _resolve(requested: str, device_type: str) -> Ops:
         ops = _cuda_ops()
     elif requested == "auto":
         error = cuda_kernels_error() if device_type == "cuda" else None
-        if error is not None:  # once per process: _resolve is cached
+        if error is not None:  # once per process: get_ops keeps the resolution
             warnings.warn(f"hier_mamba: tensors are on CUDA but the mamba-ssm / causal-conv1d kernels do not import "
                           f"({error}), so the slow pure-PyTorch ops run; {INSTALL_HINT}. "
                           "ssm_backend='torch' silences this.", stacklevel=4)
         ops = _cuda_ops() if device_type == "cuda" and error is None else TORCH_OPS
     else:
         raise ValueError(f"ssm_backend must be 'auto', 'torch' or 'cuda', got {requested!r}")
-    logger.info("hier_mamba: ssm_backend=%r on %s -> %s ops", requested, device_type, ops.name)
+    if not torch.compiler.is_compiling():  # a logger call is a graph break
+        logger.info("hier_mamba: ssm_backend=%r on %s -> %s ops", requested, device_type, ops.name)
     return ops
 
 
