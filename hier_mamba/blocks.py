@@ -48,8 +48,12 @@ class Block(GradientCheckpointingLayer):
         hidden_states: torch.Tensor,
         state: MixerState | None = None,
         attention_mask: torch.Tensor | None = None,
+        step: bool = False,
     ) -> tuple[torch.Tensor, MixerState]:
-        """hidden_states: (b, l, d); state: the forward mixer's initial state or None. Returns (b, l, d), final state."""
+        """hidden_states: (b, l, d); state: the forward mixer's initial state or None. Returns (b, l, d), final state.
+        step=True: one token (b, d), see :meth:`step`."""
+        if step:
+            return self._step(hidden_states, state)
         # 1. The row-major (given-order) scan, whose final state a cache can continue from.
         normed = self.norm(hidden_states)
         out, final_state = self.mixer(normed, state, attention_mask)
@@ -78,7 +82,11 @@ class Block(GradientCheckpointingLayer):
         return self._scan_orders[key]
 
     def step(self, hidden_states: torch.Tensor, state: MixerState) -> tuple[torch.Tensor, MixerState]:
-        """One token: hidden_states (b, d). Returns (b, d) and the new state."""
+        """One token: hidden_states (b, d). Returns (b, d) and the new state. Through ``__call__``, so hooks on the
+        block (FSDP2's fully_shard unsharding, offload) run when decoding too."""
+        return self(hidden_states, state, step=True)
+
+    def _step(self, hidden_states: torch.Tensor, state: MixerState) -> tuple[torch.Tensor, MixerState]:
         if self.reverse_mixer is not None:
             raise ValueError("a bidirectional block has no single-token step (it reads the future)")
         out, new_state = self.mixer.step(self.norm(hidden_states), state)

@@ -93,3 +93,22 @@ def test_disk_offload_forward_and_generate_match(tmp_path):
         torch.testing.assert_close(offloaded(ids).logits, model(ids).logits, rtol=1e-5, atol=1e-5)
     expected = model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0)
     assert torch.equal(offloaded.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0), expected)
+
+
+def test_decoding_runs_the_hooks_of_blocks_mixers_and_the_reasoner():
+    """FSDP2's fully_shard and accelerate's hooks sit on these modules' forward: a cached step must call them."""
+    model = model_for("mamba2")
+    with torch.no_grad():
+        cache = model(torch.randint(1, 40, (1, 5)), use_cache=True).cache
+    called = []
+    kinds = ("Block", "Mamba2Mixer", "HierarchicalReasoner")
+    handles = [m.register_forward_pre_hook(lambda module, args, kwargs: called.append(type(module).__name__),
+                                           with_kwargs=True)
+               for m in model.modules() if type(m).__name__ in kinds]
+    with torch.no_grad():
+        model(torch.tensor([[7]]), cache=cache)
+    for handle in handles:
+        handle.remove()
+    layers = model.config.num_hidden_layers
+    assert called.count("Block") == layers and called.count("Mamba2Mixer") == layers
+    assert called.count("HierarchicalReasoner") == 1
