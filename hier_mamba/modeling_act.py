@@ -124,6 +124,7 @@ class HierMambaForTokenClassification(HierMambaPreTrainedModel):
     accepts_loss_kwargs = False  # the loss is normalised here; Trainer must scale it for accumulation
 
     def __init__(self, config: HierMambaConfig):
+        _token_labels(config)
         super().__init__(config)
         self.model = HierMambaModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
@@ -324,6 +325,20 @@ class HierMambaForTokenClassification(HierMambaPreTrainedModel):
         if attention_mask is not None and attention_mask.shape != input_ids.shape:
             raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, "
                              f"expected input_ids' {tuple(input_ids.shape)}")
+
+
+def _token_labels(config: HierMambaConfig) -> None:
+    """The classes of this token-classification head are the vocabulary (a puzzle cell's label is its solution
+    token): an unset (default two-label) id2label becomes the token ids, num_labels = vocab_size; any other
+    num_labels raises. Nothing is tied (the output head reads z_H, not the embeddings): tie_word_embeddings False."""
+    default = {0: "LABEL_0", 1: "LABEL_1"}
+    if config.num_labels != config.vocab_size:
+        if config.id2label != default:
+            raise ValueError(f"HierMambaForTokenClassification predicts vocabulary tokens: num_labels must equal "
+                             f"vocab_size={config.vocab_size}, got num_labels={config.num_labels}")
+        config.id2label = {index: str(index) for index in range(config.vocab_size)}
+        config.label2id = {label: index for index, label in config.id2label.items()}
+    config.tie_word_embeddings = False
 
 
 def _restart_act_stream(module: HierMambaForTokenClassification, incompatible_keys) -> None:
