@@ -146,3 +146,19 @@ def test_backend_resolution():
     else:
         with pytest.raises(ValueError, match="CUDA device"):
             get_ops("cuda", torch.device("cpu"))
+
+
+def test_closed_form_chunk_state_passing_equals_the_loop():
+    """The shape-generic inter-chunk recurrence used under torch.compile (ssd._pass_states) equals the loop."""
+    from hier_mamba.ops.ssd import _pass_states
+
+    torch.manual_seed(0)
+    b, c, g, r, p, n = 2, 5, 2, 3, 4, 6
+    start, chunk_states, log_decay = torch.randn(b, g, r, p, n), torch.randn(b, c, g, r, p, n), -torch.rand(b, c, g, r)
+    entering, final = _pass_states(start, chunk_states, log_decay)
+    state, expected = start, []
+    for k in range(c):
+        expected.append(state)
+        state = state * torch.exp(log_decay[:, k])[..., None, None] + chunk_states[:, k]
+    torch.testing.assert_close(entering, torch.stack(expected, dim=1))
+    torch.testing.assert_close(final, state)

@@ -76,12 +76,15 @@ def ssd_chunked(
     if initial_state is None:
         initial_state = x_dt.new_zeros(batch, heads, head_dim, state_size)
     start = initial_state.float().view(batch, groups, rep, head_dim, state_size)
-    chunk_decay = torch.exp(dA_cum[..., -1])[..., None, None]  # (b, c, g, r, 1, 1)
-    entering = []
-    for decay_c, state_c in zip(chunk_decay.unbind(1), chunk_states.unbind(1)):  # unbind: O(c) backward
-        entering.append(start)
-        start = start * decay_c + state_c
-    entering = torch.stack(entering, dim=1)  # (b, c, g, r, p, n)
+    if torch.compiler.is_compiling():  # one graph for every chunk count (a Python loop would unroll per count)
+        entering, start = _pass_states(start, chunk_states, dA_cum[..., -1])
+    else:
+        chunk_decay = torch.exp(dA_cum[..., -1])[..., None, None]  # (b, c, g, r, 1, 1)
+        entering = []
+        for decay_c, state_c in zip(chunk_decay.unbind(1), chunk_states.unbind(1)):  # unbind: O(c) backward
+            entering.append(start)
+            start = start * decay_c + state_c
+        entering = torch.stack(entering, dim=1)  # (b, c, g, r, p, n)
 
     # 5. Off-diagonal blocks: the entering state read out by C with the decay since the chunk start.
     y = y + (C.unsqueeze(3) @ entering.transpose(-1, -2)) * torch.exp(dA_cum).unsqueeze(-1)  # (b, c, g, r, q, p)
@@ -142,6 +145,18 @@ def ssd_sequential(
         y_t, state = ssd_state_update(state, x[:, t], dt[:, t], A, B[:, t], C[:, t], D, dt_bias, dt_softplus, dt_limit)
         outputs.append(y_t)
     return torch.stack(outputs, dim=1), state
+
+
+def _pass_states(start: torch.Tensor, chunk_states: torch.Tensor, chunk_log_decay: torch.Tensor):
+    """The inter-chunk recurrence in closed form (mamba_ssm's ssd_minimal): state entering chunk k =
+    sum_{j <= k} exp(log-decay of chunks j..k-1) s_j, with s_0 the initial state. O(c^2) in the chunk count c,
+    shape-generic (torch.compile traces it once for all lengths). start: (b, g, r, p, n);
+    chunk_states: (b, c, g, r, p, n); chunk_log_decay: (b, c, g, r). Returns entering (b, c, g, r, p, n), final."""
+    log_decay = F.pad(chunk_log_decay.movedim(1, -1), (1, 0))  # (b, g, r, c + 1): chunk -1 is the initial state
+    decay = _segment_decay(torch.cumsum(log_decay, dim=-1))  # (b, g, r, c + 1, c + 1)
+    states = torch.cat([start.unsqueeze(1), chunk_states], dim=1)  # (b, c + 1, g, r, p, n)
+    passed = torch.einsum("bgrzc,bcgrpn->bzgrpn", decay, states)  # (b, c + 1, g, r, p, n)
+    return passed[:, :-1], passed[:, -1]
 
 
 def _split_non_finite(x, dt, B, C):
