@@ -112,3 +112,29 @@ def test_decoding_runs_the_hooks_of_blocks_mixers_and_the_reasoner():
     layers = model.config.num_hidden_layers
     assert called.count("Block") == layers and called.count("Mamba2Mixer") == layers
     assert called.count("HierarchicalReasoner") == 1
+
+
+def test_fsdp2_fully_shard_trains_and_generates(tmp_path):
+    """FSDP2 unshards a block's DTensor parameters in the block's forward hooks: decoding must go through them."""
+    distributed = pytest.importorskip("torch.distributed")
+    if not distributed.is_available() or not distributed.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    from torch.distributed.fsdp import fully_shard
+
+    from hier_mamba.blocks import Block
+
+    reference = model_for("mamba2")
+    model = model_for("mamba2")
+    distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        for module in model.modules():
+            if isinstance(module, Block):
+                fully_shard(module)
+        fully_shard(model)
+        ids = torch.randint(1, 40, (2, 7))
+        with torch.no_grad():
+            torch.testing.assert_close(model(ids).logits, reference(ids).logits)
+        expected = reference.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0)
+        assert torch.equal(model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0), expected)
+    finally:
+        distributed.destroy_process_group()
