@@ -92,3 +92,20 @@ def test_cache_storage_stays_constant_over_generation():
     longer = model.generate(out.sequences, cache=out.cache, max_new_tokens=20, do_sample=False, pad_token_id=0,
                             return_dict_in_generate=True)
     assert longer.cache.nbytes() == before
+
+
+@pytest.mark.parametrize("options", [dict(do_sample=False), dict(do_sample=True, top_k=5),
+                                     dict(num_beams=2, do_sample=False), dict(num_beams=2, do_sample=True)])
+def test_generate_returns_hidden_states_per_step(options):
+    """What transformers' GenerationTesterMixin checks: greedy, sample, beam and beam-sample with hidden states."""
+    model = model_for()
+    prompt = torch.randint(1, 50, (2, 5))
+    torch.manual_seed(0)
+    out = model.generate(prompt, max_new_tokens=3, pad_token_id=0, return_dict_in_generate=True,
+                         output_hidden_states=True, output_scores=True, **options)
+    rows = 2 * options.get("num_beams", 1)
+    assert len(out.hidden_states) == 3
+    for step, per_layer in enumerate(out.hidden_states):
+        assert len(per_layer) == model.config.num_hidden_layers + 1
+        length = 5 if step == 0 else 1
+        assert all(h.shape == (rows, length, model.config.hidden_size) for h in per_layer)
