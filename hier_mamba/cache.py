@@ -66,7 +66,8 @@ class MixerStateLayer(LinearAttentionCacheLayerMixin):
         return False  # states are replaced, not updated in place: no static addresses for cudagraphs
 
     def crop(self, tokens_to_remove: int) -> None:
-        raise NotImplementedError("a recurrent state cannot drop tokens it has absorbed (HierMambaCache is not croppable)")
+        raise NotImplementedError("a recurrent state cannot drop tokens it has absorbed "
+                                  "(HierMambaCache is not croppable)")
 
 
 class HierMambaCache(Cache):

@@ -38,7 +38,8 @@ def mask_padding(x: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.
 def inverse_softplus_dt(size: int, config: HierMambaConfig) -> torch.Tensor:
     """dt bias such that softplus(bias) is log-uniform in [time_step_min, time_step_max]."""
     log_min, log_max = math.log(config.time_step_min), math.log(config.time_step_max)
-    dt = torch.exp(torch.rand(size, dtype=torch.float32) * (log_max - log_min) + log_min).clamp(min=config.time_step_floor)
+    log_dt = torch.rand(size, dtype=torch.float32) * (log_max - log_min) + log_min
+    dt = torch.exp(log_dt).clamp(min=config.time_step_floor)
     return dt + torch.log(-torch.expm1(-dt))
 
 

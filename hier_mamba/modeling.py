@@ -66,7 +66,8 @@ def check_attention_mask(mask: torch.Tensor | None, shape: torch.Size, cached: b
     if mask is None:
         return None
     batch, length = shape
-    if mask.dim() != 2 or mask.shape[0] != batch or not (mask.shape[1] == length or (cached and mask.shape[1] > length)):
+    width_ok = mask.dim() == 2 and (mask.shape[1] == length or (cached and mask.shape[1] > length))
+    if not width_ok or mask.shape[0] != batch:
         raise ValueError(f"attention_mask has shape {tuple(mask.shape)}, expected {(batch, length)}"
                          + (" or (batch, cached + new tokens)" if cached else ""))
     mask = mask[:, mask.shape[1] - length:]
@@ -196,7 +197,8 @@ class HierMambaModel(HierMambaPreTrainedModel):
             HierMambaOutput with last_hidden_state z_H (b, l, d), or its tuple.
         """
         check_forward_kwargs(type(self).__name__, kwargs)
-        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
         return_dict = self.config.return_dict if return_dict is None else return_dict
         # 1. Embed and validate.
         x = self._scale_input(self._embed(input_ids, inputs_embeds))  # (b, l, d), unit RMS by default
@@ -239,7 +241,8 @@ class HierMambaModel(HierMambaPreTrainedModel):
                 raise ValueError(f"inputs_embeds must be (batch, length, {self.config.hidden_size}), "
                                  f"got {tuple(inputs_embeds.shape)}")
             if inputs_embeds.shape[1] == 0:
-                raise ValueError(f"inputs_embeds is empty (shape {tuple(inputs_embeds.shape)}): give at least one position")
+                raise ValueError(f"inputs_embeds is empty (shape {tuple(inputs_embeds.shape)}): "
+                                 "give at least one position")
             return inputs_embeds
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
