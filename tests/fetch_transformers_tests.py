@@ -7,7 +7,8 @@
 2. The files the sdist lacks but those import (tests/generation/test_utils.py and the generation files it imports,
    tests/exporters/test_export.py, tests/utils/test_configuration_utils.py) come from the transformers repository
    at tag v<version> (raw.githubusercontent.com). A file that cannot be downloaded is replaced by a placeholder
-   module whose ``HIER_MAMBA_PLACEHOLDER = True`` makes the tests that need it skip (named in the skip reason).
+   module whose ``HIER_MAMBA_PLACEHOLDER = True`` makes the tests that need it skip (named in the skip reason);
+   so is every repository file when test_modeling_common does not import with them (the sdist's tests still run).
 
 Nothing is copied into this repository. Exits 0 even when offline (the tests then skip); prints what it got.
 """
@@ -57,9 +58,30 @@ def fetch(dest: Path, version: str = transformers.__version__) -> Path:
                 file.write_bytes(response.read())
             print(f"downloaded tests/{path}")
         except OSError as error:
-            file.write_text(f"HIER_MAMBA_PLACEHOLDER = True  # tests/{path} not downloadable: {error}\n{placeholder}")
-            print(f"placeholder for tests/{path} ({error})")
+            _placeholder(file, path, placeholder, f"not downloadable: {error}")
+    # A repository file that imports what this environment lacks would stop test_modeling_common from importing:
+    # then every repository file becomes a placeholder, so the sdist's tests still run.
+    error = _import_error(target)
+    if error is not None:
+        for path, placeholder in REPOSITORY_FILES.items():
+            _placeholder(target / path, path, placeholder, f"does not import here: {error}")
+        print(f"after placeholders: {_import_error(target) or 'imports'}")
     return target
+
+
+def _placeholder(file: Path, path: str, placeholder: str, reason: str) -> None:
+    reason = reason.replace("\n", " ")[:300]
+    file.write_text(f"HIER_MAMBA_PLACEHOLDER = True  # tests/{path} {reason}\n{placeholder}")
+    print(f"placeholder for tests/{path} ({reason})")
+
+
+def _import_error(target: Path) -> str | None:
+    """None when the downloaded test_modeling_common imports (in a fresh interpreter), else the error's last line."""
+    code = ("import sys, types, importlib; p = types.ModuleType('transformers_tests'); "
+            f"p.__path__ = [{str(target)!r}]; sys.modules['transformers_tests'] = p; "
+            "importlib.import_module('transformers_tests.test_modeling_common')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    return None if result.returncode == 0 else (result.stderr.strip().splitlines() or ["?"])[-1]
 
 
 if __name__ == "__main__":
