@@ -1,12 +1,14 @@
 """Fetch transformers' own common model tests for tests/test_transformers_common.py (run once, e.g. in .ci/run).
 
-    python tests/fetch_transformers_tests.py [DEST]     # DEST defaults to build/transformers-tests (git-ignored)
+    python tests/fetch_transformers_tests.py [DEST] [--repository]   # DEST: build/transformers-tests (git-ignored)
 
 1. ``pip download --no-deps --no-binary :all: transformers==<installed>``: the sdist ships tests/*.py
    (test_modeling_common.py, test_configuration_common.py, ...), unpacked to DEST/transformers-<version>/tests.
 2. The files the sdist lacks but those import (tests/generation/test_utils.py and the generation files it imports,
    tests/exporters/test_export.py, tests/utils/test_configuration_utils.py) come from the transformers repository
-   at tag v<version> (raw.githubusercontent.com). A file that cannot be downloaded is replaced by a placeholder
+   at tag v<version> (raw.githubusercontent.com), only with ``--repository``: the generation and config mixins
+   have not been run against this model yet (no GitHub access where it was developed), so CI does not fetch
+   them. A file that is not fetched or cannot be downloaded is replaced by a placeholder
    module whose ``HIER_MAMBA_PLACEHOLDER = True`` makes the tests that need it skip (named in the skip reason);
    so is every repository file when test_modeling_common does not import with them (the sdist's tests still run).
 
@@ -36,7 +38,7 @@ def tests_dir(dest: Path, version: str = transformers.__version__) -> Path:
     return dest / f"transformers-{version}" / "tests"
 
 
-def fetch(dest: Path, version: str = transformers.__version__) -> Path:
+def fetch(dest: Path, version: str = transformers.__version__, repository: bool = False) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     target = tests_dir(dest, version)
     if not (target / "test_modeling_common.py").exists():
@@ -53,6 +55,9 @@ def fetch(dest: Path, version: str = transformers.__version__) -> Path:
         if file.exists() and "HIER_MAMBA_PLACEHOLDER" not in file.read_text():
             continue
         file.parent.mkdir(parents=True, exist_ok=True)
+        if not repository:
+            _placeholder(file, path, placeholder, "not fetched (the repository files are opt-in: --repository)")
+            continue
         try:
             with urllib.request.urlopen(RAW.format(version=version, path=path), timeout=30) as response:
                 file.write_bytes(response.read())
@@ -85,5 +90,7 @@ def _import_error(target: Path) -> str | None:
 
 
 if __name__ == "__main__":
+    arguments = [argument for argument in sys.argv[1:] if argument != "--repository"]
     root = Path(__file__).resolve().parents[1]
-    print(fetch(Path(sys.argv[1]) if len(sys.argv) > 1 else root / "build" / "transformers-tests"))
+    print(fetch(Path(arguments[0]) if arguments else root / "build" / "transformers-tests",
+                repository="--repository" in sys.argv[1:]))
