@@ -6,7 +6,6 @@ plain BFS), not against the library's own routines.
 
 from __future__ import annotations
 
-import random
 from collections import deque
 
 import numpy as np

@@ -17,7 +17,6 @@ so that the stand-ins never reach the test session. Marker: ``kernel_signatures`
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -29,11 +28,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import KERNEL_PACKAGES_MISSING
 
 FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 CHECKS = ["conv", "conv_fallback", "conv_step", "selective_scan", "selective_scan_initial_state",
           "mamba1_mixer", "mamba2_mixer"]
-missing = [name for name in ("triton", "einops", "mamba_ssm", "causal_conv1d") if importlib.util.find_spec(name) is None]
+missing = KERNEL_PACKAGES_MISSING  # tests/helpers.py
 pytestmark = [
     pytest.mark.kernel_signatures,
     pytest.mark.skipif(bool(missing), reason=f"needs {', '.join(missing)} (pure-Python install: docs/gpu.md)"),

@@ -4,20 +4,11 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-from hier_mamba import HierMambaConfig, HierMambaForCausalLM, HierMambaModel
+from hier_mamba import HierMambaForCausalLM, HierMambaModel
 from hier_mamba.reasoning import invocation_schedule
+from helpers import model_for, tiny  # tests/helpers.py
 
 
-def tiny(mixer="mamba2", **overrides) -> HierMambaConfig:
-    values = dict(vocab_size=50, hidden_size=32, H_layers=1, L_layers=2, H_cycles=2, L_cycles=2, mixer=mixer,
-                  state_size=8, head_dim=16, chunk_size=8)
-    values.update(overrides)
-    return HierMambaConfig(**values)
-
-
-def model_for(config, seed=0) -> HierMambaForCausalLM:
-    torch.manual_seed(seed)
-    return HierMambaForCausalLM(config).eval()
 
 
 @pytest.mark.parametrize("mixer", ["mamba1", "mamba2"])

@@ -4,22 +4,14 @@ forward hooks), on the scan and the step path alike."""
 import pytest
 import torch
 
-from hier_mamba import HierMambaConfig, HierMambaForCausalLM
+from hier_mamba import HierMambaForCausalLM
 from hier_mamba.mixers import intercepted
+from helpers import sensitive_model  # tests/helpers.py
 
 MODULES = {"mamba1": ["conv1d", "dt_proj", "in_proj", "x_proj", "out_proj"], "mamba2": ["conv1d", "in_proj", "out_proj"]}
 
 
-def model_for(mixer) -> HierMambaForCausalLM:
-    torch.manual_seed(0)
-    config = HierMambaConfig(vocab_size=40, hidden_size=32, H_layers=1, L_layers=1, H_cycles=2, L_cycles=1,
-                             mixer=mixer, state_size=8, head_dim=16, chunk_size=4)
-    model = HierMambaForCausalLM(config).eval()
-    with torch.no_grad():  # at init B, C are ~0.02 |x| and out_proj small: dt barely moves the logits; amplify
-        for name, parameter in model.named_parameters():
-            if name.endswith(("x_proj.weight", "out_proj.weight")):
-                parameter.mul_(25)
-    return model
+model_for = sensitive_model
 
 
 def _hook_all(model, name, hook):

@@ -4,7 +4,7 @@ gradients), merged == unmerged; on the depthwise conv (rank = channels, peft's l
 import pytest
 import torch
 
-from hier_mamba import HierMambaConfig, HierMambaForCausalLM
+from helpers import sensitive_model  # tests/helpers.py
 
 peft = pytest.importorskip("peft")
 
@@ -12,16 +12,7 @@ TARGETS = [("mamba1", "in_proj"), ("mamba1", "x_proj"), ("mamba1", "dt_proj"), (
            ("mamba2", "in_proj"), ("mamba2", "out_proj")]
 
 
-def model_for(mixer) -> HierMambaForCausalLM:
-    torch.manual_seed(0)
-    config = HierMambaConfig(vocab_size=40, hidden_size=32, H_layers=1, L_layers=1, H_cycles=2, L_cycles=1,
-                             mixer=mixer, state_size=8, head_dim=16, chunk_size=4)
-    model = HierMambaForCausalLM(config).eval()
-    with torch.no_grad():  # at init B, C are ~0.02 |x| and out_proj small: dt barely moves the logits; amplify
-        for name, parameter in model.named_parameters():
-            if name.endswith(("x_proj.weight", "out_proj.weight")):
-                parameter.mul_(25)
-    return model
+model_for = sensitive_model
 
 
 def _adapt_and_train(mixer, lora_config):

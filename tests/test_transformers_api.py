@@ -5,20 +5,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from hier_mamba import HierMambaConfig, HierMambaForCausalLM, HierMambaModel
-from hier_mamba.reasoning import invocation_schedule
+from hier_mamba import HierMambaForCausalLM
+from helpers import model_for, tiny  # tests/helpers.py
 
 
-def tiny(**overrides) -> HierMambaConfig:
-    values = dict(vocab_size=50, hidden_size=32, H_layers=1, L_layers=2, H_cycles=2, L_cycles=2,
-                  state_size=8, head_dim=16, chunk_size=8)
-    values.update(overrides)
-    return HierMambaConfig(**values)
-
-
-def model_for(config, seed=0) -> HierMambaForCausalLM:
-    torch.manual_seed(seed)
-    return HierMambaForCausalLM(config).eval()
 
 
 def test_initial_states_are_frozen_and_the_same_on_every_construction(tmp_path):

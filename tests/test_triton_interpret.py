@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from hier_mamba.ops import cuda_kernels_error
+from helpers import KERNEL_PACKAGES_MISSING
 
 WORKER = Path(__file__).with_name("triton_checks.py")
 CHECKS = ["chunk_scan", "ssd_state_update", "selective_state_update", "gated_rmsnorm", "mamba2_mixer",
@@ -28,7 +29,7 @@ CHECKS = ["chunk_scan", "ssd_state_update", "selective_state_update", "gated_rms
 # kernels sum in another order than the torch ops, so exact equality is not expected.
 TOLERANCE = 1e-4
 
-missing = [name for name in ("triton", "einops", "mamba_ssm", "causal_conv1d") if importlib.util.find_spec(name) is None]
+missing = KERNEL_PACKAGES_MISSING  # tests/helpers.py
 pytestmark = [
     pytest.mark.triton_interpret,
     pytest.mark.skipif(bool(missing), reason=f"needs {', '.join(missing)} (pure-Python install: docs/gpu.md)"),
