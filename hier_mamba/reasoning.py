@@ -9,8 +9,8 @@ One forward runs ``H_cycles * (L_cycles + 1)`` stack invocations, each a full sc
 
 Gradient through the cycles is a setting (``bptt_steps``): only the last ``bptt_steps``
 invocations are recorded by autograd (2 or "one_step" = HRM's one-step gradient: the last L and the
-last H call; "last_cycle" = TRM's: the whole last H cycle; None = full BPTT). The earlier ones run under ``torch.no_grad()``, so activation memory is O(1) in
-the number of cycles. ``checkpoint_cycles`` runs the recorded invocations in ~sqrt(m) segments
+last H call; "last_cycle" = TRM's: the whole last H cycle; None = full BPTT). The earlier ones run
+under ``torch.no_grad()``, so activation memory is O(1) in the number of cycles. ``checkpoint_cycles`` runs the recorded invocations in ~sqrt(m) segments
 under ``torch.utils.checkpoint``: O(sqrt(m)) stored states instead of O(m), one extra forward.
 """
 
@@ -162,8 +162,10 @@ class HierarchicalReasoner(nn.Module):
             new_states.append(invocation_states)
         return carry.z_H, new_states
 
-    def _invoke(self, index, carry, x, attention_mask, states_out, initial_states=None, hidden_states_out=None) -> Carry:
-        """Invocation ``index`` of the schedule: one full scan of the L or the H stack (from ``initial_states[index]``)."""
+    def _invoke(self, index, carry, x, attention_mask, states_out, initial_states=None,
+                hidden_states_out=None) -> Carry:
+        """Invocation ``index`` of the schedule: one full scan of the L or the H stack
+        (from ``initial_states[index]`` when given)."""
         stack, inputs = self._route(index, carry, x)
         output, final_states = stack(inputs, None if initial_states is None else initial_states[index],
                                      attention_mask=attention_mask, hidden_states_out=hidden_states_out)
