@@ -32,6 +32,7 @@ class Block(GradientCheckpointingLayer):
         mixer_class = MIXER_CLASSES[config.mixer]
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.mixer = mixer_class(config)
+        self.residual_in_fp32 = config.residual_in_fp32
         # The reverse scan sees the future: only for non-generative (puzzle) heads.
         self.reverse_mixer = mixer_class(config) if config.bidirectional else None
         extra_orders = [order for order in config.grid_scan_orders if order != "row"]
@@ -55,6 +56,7 @@ class Block(GradientCheckpointingLayer):
         if step:
             return self._step(hidden_states, state)
         # 1. The row-major (given-order) scan, whose final state a cache can continue from.
+        residual, hidden_states = self._residual(hidden_states)
         normed = self.norm(hidden_states)
         out, final_state = self.mixer(normed, state, attention_mask)
         if self.reverse_mixer is not None:
@@ -71,7 +73,14 @@ class Block(GradientCheckpointingLayer):
             mask = None if attention_mask is None else attention_mask[:, permutation]
             scanned = forward_mixer(permuted, None, mask)[0] + _reverse_scan(reverse_mixer, permuted, mask)
             out = out + scanned[:, inverse]  # (b, l, d) back in row-major order
-        return hidden_states + out, final_state
+        return residual + out, final_state
+
+    def _residual(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The residual stream and the norm's input: with ``residual_in_fp32`` the stream in fp32 and the input in the
+        weights' dtype (transformers' MambaBlock / mamba_ssm's Block), else both ``hidden_states``."""
+        if not self.residual_in_fp32:
+            return hidden_states, hidden_states
+        return hidden_states.float(), hidden_states.to(self.norm.weight.dtype)
 
     def _scan_order(self, order: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """The permutation of ``order`` and its inverse, (l,) int64 each on ``device``, built once."""
@@ -89,8 +98,9 @@ class Block(GradientCheckpointingLayer):
     def _step(self, hidden_states: torch.Tensor, state: MixerState) -> tuple[torch.Tensor, MixerState]:
         if self.reverse_mixer is not None:
             raise ValueError("a bidirectional block has no single-token step (it reads the future)")
+        residual, hidden_states = self._residual(hidden_states)
         out, new_state = self.mixer.step(self.norm(hidden_states), state)
-        return hidden_states + out, new_state
+        return residual + out, new_state
 
 
 def _reverse_scan(mixer: nn.Module, x: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -103,13 +113,14 @@ class Stack(nn.Module):
     """``num_layers`` blocks and a final RMSNorm: one H or L module of HRM.
 
     The final norm keeps the H/L states at unit scale however many cycles add into them (HRM's
-    post-norm plays that role). forward: (b, l, d) -> (b, l, d) and one state per layer.
+    post-norm plays that role); ``final_norm=False`` leaves it out (norm_f is None: the output is the residual
+    stream, as in the L stack of a converted Mamba). forward: (b, l, d) -> (b, l, d) and one state per layer.
     """
 
-    def __init__(self, config: HierMambaConfig, num_layers: int):
+    def __init__(self, config: HierMambaConfig, num_layers: int, final_norm: bool = True):
         super().__init__()
         self.layers = nn.ModuleList([Block(config) for _ in range(num_layers)])
-        self.norm_f = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.norm_f = RMSNorm(config.hidden_size, eps=config.rms_norm_eps) if final_norm else None
 
     def forward(
         self,
@@ -129,7 +140,7 @@ class Stack(nn.Module):
             final_states.append(state)
             if hidden_states_out is not None and index < len(self.layers) - 1:
                 hidden_states_out.append(hidden_states)
-        output = self.norm_f(hidden_states)
+        output = hidden_states if self.norm_f is None else self.norm_f(hidden_states)
         if hidden_states_out is not None:  # the last block's output is recorded after the final norm
             hidden_states_out.append(output)
         return output, final_states
@@ -145,7 +156,7 @@ class Stack(nn.Module):
             new_states.append(state)
             if hidden_states_out is not None and index < len(self.layers) - 1:
                 hidden_states_out.append(hidden_states)
-        output = self.norm_f(hidden_states)
+        output = hidden_states if self.norm_f is None else self.norm_f(hidden_states)
         if hidden_states_out is not None:
             hidden_states_out.append(output)
         return output, new_states

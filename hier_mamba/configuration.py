@@ -32,6 +32,15 @@ Glossary (code name -> HRM / Mamba paper symbol):
     head_dim             P of Mamba2: channels per SSM head; n_heads = d_inner / head_dim.
     n_groups             G of Mamba2: B and C are shared by n_heads / n_groups heads.
     chunk_size           Q of Mamba2's SSD: block length of the chunked scan.
+
+Switches for a warm start from a pretrained Mamba (convert.py; with H_cycles = L_cycles = 1 the model is then
+that Mamba, its first L_layers blocks forming L and the rest H):
+    initial_states       "fixed" (HRM: frozen seeded H_init / L_init vectors, stored in the checkpoint) or "zeros"
+                         (no parameters; z_H = z_L = 0, so the first L call sees x alone).
+    L_final_norm         the L stack ends in an RMSNorm (True, HRM); False: z_L is the raw residual stream, and
+                         H(z_L) continues the pretrained stack where L stopped. Needs architecture="hrm".
+    residual_in_fp32     the blocks' residual stream in fp32 whatever the weights' dtype (transformers' and mamba_ssm's
+                         residual_in_fp32; the norm and mixer run in the weights' dtype). No effect in fp32.
 """
 
 from __future__ import annotations
@@ -49,6 +58,7 @@ ACT_EVAL_MODES = ("max_steps", "q_halt")
 ACT_TRAINING_MODES = ("one_segment", "all_segments")
 LOSS_TYPES = ("softmax", "stablemax")
 BPTT_WINDOWS = ("one_step", "last_cycle")
+INITIAL_STATES = ("fixed", "zeros")
 
 
 class HierMambaConfig(PreTrainedConfig):
@@ -86,6 +96,9 @@ class HierMambaConfig(PreTrainedConfig):
         initializer_range: float = 0.02,
         scale_embeddings: bool = True,  # HRM: x reaches the stacks at the states' unit scale
         rescale_prenorm_residual: bool = True,
+        initial_states: str = "fixed",  # HRM's frozen seeded vectors; "zeros" for a warm start (convert.py)
+        L_final_norm: bool = True,
+        residual_in_fp32: bool = False,
         tie_word_embeddings: bool = True,
         use_cache: bool = True,
         bidirectional: bool = False,
@@ -137,6 +150,9 @@ class HierMambaConfig(PreTrainedConfig):
         self.initializer_range = initializer_range
         self.scale_embeddings = scale_embeddings
         self.rescale_prenorm_residual = rescale_prenorm_residual
+        self.initial_states = initial_states
+        self.L_final_norm = L_final_norm
+        self.residual_in_fp32 = residual_in_fp32
         self.use_cache = use_cache
         self.bidirectional = bidirectional
         self.grid_shape = None if grid_shape is None else tuple(grid_shape)
@@ -247,6 +263,9 @@ class HierMambaConfig(PreTrainedConfig):
         _check_choice("act_eval_mode", self.act_eval_mode, ACT_EVAL_MODES)
         _check_choice("act_training", self.act_training, ACT_TRAINING_MODES)
         _check_choice("loss_type", self.loss_type, LOSS_TYPES)
+        _check_choice("initial_states", self.initial_states, INITIAL_STATES)
+        if self.L_final_norm is False and self.architecture != "hrm":
+            raise ValueError("L_final_norm=False needs architecture='hrm' (a looped model's head reads the L stack)")
         if not isinstance(self.conv_kernel, int) or not 2 <= self.conv_kernel <= 4:
             raise ValueError(f"conv_kernel must be an int in [2, 4] (the causal-conv1d kernel limit), got {self.conv_kernel!r}")
         conv_channels = self.intermediate_size + (2 * self.n_groups * self.state_size if self.mixer == "mamba2" else 0)
@@ -267,7 +286,8 @@ class HierMambaConfig(PreTrainedConfig):
             raise ValueError(f"bptt_steps must be None (full BPTT), an int >= 1 or one of {BPTT_WINDOWS}, "
                              f"got {self.bptt_steps!r}")
         for name in ("bidirectional", "scale_embeddings", "no_act_continue", "checkpoint_cycles", "synthetic_gradients",
-                     "use_cache", "use_conv_bias", "use_bias", "rescale_prenorm_residual"):
+                     "use_cache", "use_conv_bias", "use_bias", "rescale_prenorm_residual", "L_final_norm",
+                     "residual_in_fp32"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if not 0 < self.time_step_min <= self.time_step_max:

@@ -125,7 +125,7 @@ class HierMambaPreTrainedModel(PreTrainedModel):
             init.normal_(module.weight, std=self.config.embedding_init_std)
         elif isinstance(module, (Mamba1Mixer, Mamba2Mixer)):
             self._init_mixer(module)
-        elif isinstance(module, HierarchicalReasoner):
+        elif isinstance(module, HierarchicalReasoner) and module.H_init is not None:  # initial_states="fixed"
             init.copy_(module.H_init, fixed_initial_state(module.H_init.shape[0], H_INIT_SEED))
             init.copy_(module.L_init, fixed_initial_state(module.L_init.shape[0], L_INIT_SEED))
             module.H_init.requires_grad_(False)  # frozen: HRM's initial states never train

@@ -78,19 +78,27 @@ class HierarchicalReasoner(nn.Module):
         super().__init__()
         self.config = config
         self.looped = config.architecture == "looped"
-        self.L = Stack(config, config.L_layers)
+        self.L = Stack(config, config.L_layers, final_norm=config.L_final_norm)
         self.H = None if self.looped else Stack(config, config.H_layers)
         self.memory = (HMemoryAttention(config.hidden_size, config.h_memory_heads, config.rms_norm_eps)
                        if config.h_memory_size else None)
         # HRM's fixed initial states: one unit-scale vector per module, broadcast over positions. Frozen
         # parameters with a seeded draw (HrmText's frozen z_L_init): every construction path, the meta-device
         # one of from_pretrained included, gives the same values, and checkpoints store them.
-        self.H_init = nn.Parameter(fixed_initial_state(config.hidden_size, H_INIT_SEED), requires_grad=False)
-        self.L_init = nn.Parameter(fixed_initial_state(config.hidden_size, L_INIT_SEED), requires_grad=False)
+        # initial_states="zeros" (a converted Mamba): no parameters, both states start at 0.
+        if config.initial_states == "zeros":
+            self.register_parameter("H_init", None)
+            self.register_parameter("L_init", None)
+        else:
+            self.H_init = nn.Parameter(fixed_initial_state(config.hidden_size, H_INIT_SEED), requires_grad=False)
+            self.L_init = nn.Parameter(fixed_initial_state(config.hidden_size, L_INIT_SEED), requires_grad=False)
         self.schedule = invocation_schedule(config)
 
     def initial_carry(self, x: torch.Tensor) -> Carry:
         """Initial z_H, z_L broadcast to x's shape (..., d), and an empty memory."""
+        if self.H_init is None:  # initial_states="zeros"
+            zeros = x.new_zeros(()).expand_as(x)  # (..., d), no memory allocated
+            return Carry(zeros, zeros)
         return Carry(self.H_init.to(x.dtype).expand_as(x), self.L_init.to(x.dtype).expand_as(x))
 
     def forward(
@@ -181,7 +189,7 @@ class HierarchicalReasoner(nn.Module):
             stack, terms = self.L, (carry.z_L, carry.z_H, x)
         else:
             stack, terms = self.H, (carry.z_H, carry.z_L)
-        device = stack.norm_f.weight.device  # a device_map may place H, L and the embeddings apart (HrmText does too)
+        device = stack.layers[0].norm.weight.device  # a device_map may place H, L and the embeddings apart (as HrmText)
         if device.type == "meta":  # offloaded (accelerate loads it in the stack's own hook): leave the inputs be
             device = terms[0].device
         injected = terms[0].to(device)
