@@ -87,10 +87,10 @@ def run_fsdp2(global_batch: int, rank: int, world_size: int) -> dict:
     # 1. The model, with checkpointed blocks; sharded one unit per _no_split_modules block, then the root.
     model = tiny_model()
     model.activation_checkpointing_enable()
+    blocks = [module for module in model.modules() if type(module).__name__ in model._no_split_modules]
     if world_size > 1:
-        for module in model.modules():
-            if type(module).__name__ in model._no_split_modules:
-                fully_shard(module)
+        for block in blocks:
+            fully_shard(block)
         fully_shard(model)
     local_elements = sum(parameter.to_local().numel() if hasattr(parameter, "to_local") else parameter.numel()
                          for parameter in model.parameters())
@@ -110,8 +110,7 @@ def run_fsdp2(global_batch: int, rank: int, world_size: int) -> dict:
         if world_size > 1:
             distributed.all_reduce(reported, op=distributed.ReduceOp.AVG)
         losses.append(reported.item())
-    checkpointed = [module.gradient_checkpointing for module in model.modules()
-                    if type(module).__name__ in model._no_split_modules]
+    checkpointed = [block.gradient_checkpointing for block in blocks]
     return {"losses": losses, "state": full_state_dict(model), "wrapper": type(model).__name__,
             "local_elements": local_elements, "checkpointed": checkpointed}
 
