@@ -35,7 +35,9 @@ from collections.abc import Mapping
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
+from transformers.utils import cached_file
 
 from .configuration import HierMambaConfig
 from .modeling import HierMambaForCausalLM
@@ -243,20 +245,20 @@ def convert_mamba(source: nn.Module | Mapping[str, torch.Tensor], L_layers: int,
 
 # checkpoints ---------------------------------------------------------------------------------------------------
 def load_mamba_checkpoint(src: str | os.PathLike) -> tuple[Mapping[str, torch.Tensor], PretrainedConfig | dict]:
-    """The state dict and config of a checkpoint directory (or hub name: needs the network) in either layout."""
-    src = _local_directory(src)
-    with open(os.path.join(src, "config.json")) as handle:
+    """The state dict and config of a checkpoint in either layout: a local directory, or a hub model name (its files
+    are downloaded by transformers' ``cached_file``, which needs the network)."""
+    config_path = cached_file(str(src), "config.json")
+    with open(config_path) as handle:
         raw = json.load(handle)
     if "model_type" in raw:  # transformers: its own loader (safetensors or bin, sharded or not, tied weights)
-        config = AutoConfig.from_pretrained(src)
         model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
-        return model.state_dict(), config
+        return model.state_dict(), model.config
     if "d_model" not in raw or "n_layer" not in raw:
-        raise ValueError(f"{src}/config.json is neither a transformers config (model_type) nor mamba_ssm's "
+        raise ValueError(f"{config_path} is neither a transformers config (model_type) nor mamba_ssm's "
                          f"(d_model, n_layer): keys {sorted(raw)}")
-    for name, load in (("model.safetensors", _load_safetensors), ("pytorch_model.bin", _load_bin)):
-        path = os.path.join(src, name)
-        if os.path.exists(path):
+    for name, load in (("model.safetensors", load_file), ("pytorch_model.bin", _load_bin)):
+        path = cached_file(str(src), name, _raise_exceptions_for_missing_entries=False)
+        if path is not None:
             return load(path), raw
     raise FileNotFoundError(f"{src} holds a mamba_ssm config.json but neither pytorch_model.bin nor model.safetensors")
 
@@ -272,32 +274,17 @@ def convert_mamba_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, L_l
     Returns:
         the converted model (eval mode).
     """
-    src = _local_directory(src)
     state_dict, source_config = load_mamba_checkpoint(src)
     model = convert_mamba(state_dict, L_layers, source_config, **overrides)
     model.save_pretrained(dst)
-    if any(os.path.exists(os.path.join(src, name)) for name in ("tokenizer.json", "tokenizer_config.json")):
+    if any(cached_file(str(src), name, _raise_exceptions_for_missing_entries=False) is not None
+           for name in ("tokenizer.json", "tokenizer_config.json")):
         AutoTokenizer.from_pretrained(src).save_pretrained(dst)
-    else:
+    else:  # mamba_ssm checkpoints name none (state-spaces models use EleutherAI/gpt-neox-20b's)
         logger.info("%s has no tokenizer files; %s is saved without one", src, dst)
     logger.info("converted %s -> %s: L_layers=%d, H_layers=%d, mixer=%s", src, dst, model.config.L_layers,
                 model.config.H_layers, model.config.mixer)
     return model
-
-
-def _local_directory(src: str | os.PathLike) -> str:
-    """``src`` if it is a directory, else the hub snapshot of that model name (downloads; needs the network)."""
-    if os.path.isdir(src):
-        return str(src)
-    from huggingface_hub import snapshot_download
-
-    return snapshot_download(str(src), allow_patterns=["*.json", "*.safetensors", "*.bin", "*.txt", "*.model"])
-
-
-def _load_safetensors(path: str) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(path)
 
 
 def _load_bin(path: str) -> dict[str, torch.Tensor]:

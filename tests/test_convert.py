@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import (Mamba2Config, Mamba2ForCausalLM, MambaConfig, MambaForCausalLM, Trainer,
-                          TrainingArguments)
+from tokenizers import Tokenizer
+from tokenizers.models import WordLevel
+from tokenizers.pre_tokenizers import WhitespaceSplit
+from transformers import (AutoTokenizer, Mamba2Config, Mamba2ForCausalLM, MambaConfig, MambaForCausalLM,
+                          PreTrainedTokenizerFast, Trainer, TrainingArguments)
 
 from hier_mamba import HierMambaConfig, HierMambaForCausalLM
 from hier_mamba.convert import convert_mamba, convert_mamba_checkpoint, hier_config_for
@@ -211,3 +214,15 @@ def test_command_line_converts_with_settings(tmp_path):
     tokens = ids(seed=12)
     with torch.no_grad():
         assert (model(tokens).logits - source(tokens).logits).abs().max().item() <= 1e-5
+
+
+def test_source_tokenizer_travels_with_the_converted_model(tmp_path):
+    vocab = {f"w{i}": i for i in range(VOCAB)}
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel(vocab, unk_token="w0")))
+    tokenizer.backend_tokenizer.pre_tokenizer = WhitespaceSplit()
+    source = source_model("mamba", seed=13)
+    source.save_pretrained(tmp_path / "source")
+    tokenizer.save_pretrained(tmp_path / "source")
+    convert_mamba_checkpoint(tmp_path / "source", tmp_path / "hier", L_layers=1)
+    loaded = AutoTokenizer.from_pretrained(tmp_path / "hier")
+    assert loaded("w3 w17 w5")["input_ids"] == [3, 17, 5]
