@@ -61,11 +61,16 @@ def causal_conv1d_step(
     Returns:
         y: (b, d), and the new state (b, d, w - 1). The input state is not modified.
     """
-    window = torch.cat([state.to(x.dtype), x.unsqueeze(-1)], dim=-1)  # (b, d, w)
-    y = (window * weight.to(x.dtype)).sum(-1)
+    window = torch.cat([_as(state, x.dtype), x.unsqueeze(-1)], dim=-1)  # (b, d, w)
+    y = (window * _as(weight, x.dtype)).sum(-1)  # (b, d)
     if bias is not None:
-        y = y + bias
+        y += bias
     return _activate(y, activation), window[:, :, 1:].clone()  # own storage, not a view of the window
+
+
+def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """t in ``dtype``; no call at all when it already is (a step runs this per layer and token)."""
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _activate(y: torch.Tensor, activation: str | None) -> torch.Tensor:

@@ -117,17 +117,21 @@ def ssd_state_update(
     Returns:
         y: (b, h, p) in x's dtype, and the new state (b, h, p, n) in fp32. The input state is not modified.
     """
-    heads = x.shape[1]
-    rep = heads // B.shape[1]
+    batch, heads, head_dim = x.shape
+    groups, state_size = B.shape[1], B.shape[2]
+    grouped = (batch, groups, heads // groups)  # heads as (g, r): head i reads group i // r by broadcasting
+    x32 = x.float()
     dt = discretize_dt(dt, dt_bias, dt_softplus, dt_limit)  # (b, h)
-    B_h = B.float().repeat_interleave(rep, dim=1)  # (b, h, n): head i reads group i // rep
-    C_h = C.float().repeat_interleave(rep, dim=1)  # (b, h, n)
-    decay = torch.exp(dt * A.float())[:, :, None, None]  # (b, h, 1, 1)
-    new_state = decay * state.float() + (dt[:, :, None] * x.float()).unsqueeze(-1) * B_h.unsqueeze(2)
-    y = (new_state * C_h.unsqueeze(2)).sum(-1)  # (b, h, p); a tiny einsum/bmm is ~100x slower on CPU
+    decay = torch.exp(dt * A.float()).reshape(*grouped, 1, 1)  # (b, g, r, 1, 1)
+    new_state = torch.addcmul(
+        state.float().reshape(*grouped, head_dim, state_size) * decay,
+        (dt.unsqueeze(-1) * x32).reshape(*grouped, head_dim, 1), B.float().reshape(batch, groups, 1, 1, state_size),
+    )  # (b, g, r, p, n)
+    readout = C.float().reshape(batch, groups, 1, 1, state_size)
+    y = (new_state * readout).sum(-1).reshape(batch, heads, head_dim)  # (b, h, p); mul + sum: a tiny bmm is slower
     if D is not None:
-        y = y + x.float() * _per_head(D)
-    return y.to(x.dtype), new_state
+        y = torch.addcmul(y, x32, _per_head(D))
+    return y.to(x.dtype), new_state.reshape(batch, heads, head_dim, state_size)
 
 
 def ssd_sequential(
