@@ -29,9 +29,8 @@ import yaml
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from hier_mamba import HierMambaTrainer  # Trainer without weight decay on A_log, D, dt_bias, norms, biases
+from hier_mamba.tasks import puzzle as task_puzzle
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import task_puzzle  # noqa: E402  (scripts/ is not a package)
 
 
 # A variant's `optimizer_groups`: "hier_mamba" exempts A_log, D, dt_bias, norms and biases from weight decay

@@ -14,16 +14,14 @@ On the test split of the config's data, prints the blank-cell ("target") and exa
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import yaml
 
 from hier_mamba.data import sudoku
+from hier_mamba.tasks import puzzle as task_puzzle
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import task_puzzle  # noqa: E402  (scripts/ is not a package)
 
 
 def candidates(grid: np.ndarray, cell: int) -> set[int]:

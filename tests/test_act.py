@@ -1,10 +1,8 @@
 """ACT and deep supervision: the math of act.py, HierMambaForTokenClassification, and the puzzle task module."""
 
 import importlib.util
-import json
 import math
 import random
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -339,54 +337,17 @@ def test_tiny_model_overfits_four_reversal_puzzles():
     assert (predictions == labels).all(-1).all(), (predictions, labels)  # all four exactly right (at ~70 steps)
 
 
-# ------------------------------------------------------------ scripts/task_puzzle.py, scripts/evaluate.py
+# ------------------------------------------------------------ scripts/experiment.py, scripts/sudoku_baselines.py
+# (the puzzle task and its evaluation live in hier_mamba.tasks: tests/test_tasks.py)
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
 def load_script(name: str):
-    """Import scripts/<name>.py (scripts/ is not a package; evaluate.py imports task_puzzle from there)."""
-    if str(SCRIPTS) not in sys.path:
-        sys.path.insert(0, str(SCRIPTS))
+    """Import scripts/<name>.py to test a function that only that script defines (scripts/ is not a package)."""
     spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def test_puzzle_metrics_collate_and_demo():
-    task = load_script("task_puzzle")
-    labels = np.array([[2, 3, -100], [4, 4, 4]])
-    predictions = np.array([[2, 3, 9], [4, 5, 4]])
-    logits = np.eye(12)[predictions]  # (2, 3, 12), argmax = predictions
-    eval_pred = SimpleNamespace(predictions=(logits, None, None, np.array([2, 4])), label_ids=labels)
-    metrics = task.compute_metrics(eval_pred)
-    assert metrics == {"cell_accuracy": 4 / 5, "exact_accuracy": 0.5, "mean_steps": 3.0}
-    train, test = task.build_datasets({"task": "maze", "n_train": 3, "n_test": 2, "size": 7}, seed=0)
-    assert len(train) == 3 and len(test) == 2
-    batch = task.collate([test[0], test[1]])
-    assert batch["input_ids"].shape == batch["labels"].shape == (2, 49)
-    model = task.build_model({**TINY, "vocab_size": 6, "halt_max_steps": 2})
-    text = task.demo(model, test, {"task": "maze"})
-    assert "prediction" in text and test.render(test[0]["labels"]) in text
-    with pytest.raises(ValueError, match="unknown data keys"):
-        task.build_datasets({"task": "maze", "n_train": 1, "n_test": 1, "givens": 3}, seed=0)
-
-
-def test_evaluate_script_reports_accuracy_per_segment_count(tmp_path, capsys):
-    evaluate = load_script("evaluate")
-    model = evaluate.task_puzzle.build_model({**TINY, "vocab_size": 6, "halt_max_steps": 2})
-    model.save_pretrained(tmp_path / "model")
-    config = tmp_path / "run.yaml"
-    config.write_text("task: maze\nseed: 0\ndata: {task: maze, n_train: 1, n_test: 3, size: 7}\n")
-    evaluate.main(["--model", str(tmp_path / "model"), "--config", str(config), "--segments", "1", "3",
-                   "--json", str(tmp_path / "results.json")])
-    results = json.loads((tmp_path / "results.json").read_text())
-    assert results["test_puzzles"] == 3 and results["trained_segments"] == 2
-    assert sorted(results["max_steps"]) == sorted(results["q_halt"]) == ["1", "2", "3"]
-    assert results["max_steps"]["3"]["mean_steps"] == 3.0
-    assert 1.0 <= results["q_halt"]["3"]["mean_steps"] <= 3.0
-    assert 0.0 <= results["max_steps"]["2"]["cell_accuracy"] <= 1.0
-    assert "test puzzles" in capsys.readouterr().out
 
 
 def test_time_budget_schedules_cosine_over_wall_clock_and_stops(monkeypatch):

@@ -1,4 +1,4 @@
-"""Sudoku and maze solving with HierMambaForTokenClassification (ACT), as a task for scripts/train.py.
+"""Sudoku and maze solving with HierMambaForTokenClassification (ACT): the ``sudoku`` and ``maze`` tasks.
 
 Each example maps a puzzle grid to its solution grid, token for token (layouts in
 hier_mamba/data: Sudoku 0 pad, 1 blank, 2..10 digits; maze 0 pad, 1 wall, 2 open, 3 start,
@@ -12,6 +12,8 @@ data config keys:
     sudoku only:        min_givens, max_givens, min_backtracks
     maze only:          size, loop_fraction
     demo_index          test example shown by demo() (default 0)
+
+The tokens are grid cells, not text: these tasks have no tokenizer (``load_tokenizer`` returns None).
 """
 
 from __future__ import annotations
@@ -32,12 +34,17 @@ PAD_TOKEN = 0  # both tasks reserve token 0 for padding
 _NOT_BUILDER_KEYS = ("task", "demo_index")
 
 
-def build_model(model_cfg: dict) -> PreTrainedModel:
+def load_tokenizer(data_cfg: dict) -> None:
+    """Puzzles are token grids, not text: no tokenizer."""
+    return None
+
+
+def build_model(model_cfg: dict, tokenizer: None = None) -> PreTrainedModel:
     """A freshly initialised HierMambaForTokenClassification from HierMambaConfig keyword arguments."""
     return HierMambaForTokenClassification(HierMambaConfig(**model_cfg))
 
 
-def build_datasets(data_cfg: dict, seed: int) -> tuple[Dataset, Dataset]:
+def build_datasets(data_cfg: dict, seed: int, tokenizer: None = None) -> tuple[Dataset, Dataset]:
     """(train, test) PuzzleDatasets of ``data_cfg["task"]``; ``seed`` fixes the puzzles and the split."""
     task = data_cfg.get("task")
     if task not in BUILDERS:
@@ -104,7 +111,7 @@ def compute_metrics(eval_pred) -> dict[str, float]:
 
 
 @torch.no_grad()
-def demo(model: PreTrainedModel, eval_dataset, data_cfg: dict) -> str:
+def demo(model: PreTrainedModel, eval_dataset, data_cfg: dict, tokenizer: None = None) -> str:
     """One test puzzle, the model's answer and the solution, rendered as grids, with cell errors counted."""
     index = int(data_cfg.get("demo_index", 0))
     example = eval_dataset[index]
