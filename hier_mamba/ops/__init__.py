@@ -2,12 +2,15 @@
 
 from .backend import Ops, TORCH_OPS, cuda_kernels_error, get_ops
 from .conv import causal_conv1d, causal_conv1d_step
-from .selective_scan import linear_recurrence, selective_scan, selective_scan_sequential, selective_state_update
+from .selective_scan import (
+    linear_recurrence, selective_scan, selective_scan_reference, selective_scan_sequential, selective_state_update,
+)
 from .ssd import ssd_chunked, ssd_sequential, ssd_state_update
 
 __all__ = [
     "Ops", "TORCH_OPS", "cuda_kernels_error", "get_ops",
     "causal_conv1d", "causal_conv1d_step",
-    "linear_recurrence", "selective_scan", "selective_scan_sequential", "selective_state_update",
+    "linear_recurrence", "selective_scan", "selective_scan_reference", "selective_scan_sequential",
+    "selective_state_update",
     "ssd_chunked", "ssd_sequential", "ssd_state_update",
 ]

@@ -11,15 +11,19 @@ Glossary (mamba_ssm's ``selective_scan_fn`` layout; paper symbols in brackets):
 
 Recurrence: h_t = exp(Delta_t A) * h_{t-1} + Delta_t B_t u_t;  y_t = C_t . h_t + D u_t.
 
-The linear recurrence h_t = a_t h_{t-1} + b_t is one autograd node (:class:`LinearRecurrence`) whose
-forward and backward are O(l) loops over contiguous time slices, so the backward is O(l), not the
-O(l^2) that indexing ``dA[:, :, t]`` in an autograd loop costs.
+:func:`selective_scan` (the fast path) runs the whole scan as one autograd node over time blocks
+(ops/blocked_scan.py). :func:`selective_scan_reference` is its readable twin: the linear recurrence
+h_t = a_t h_{t-1} + b_t over materialized (l, b, d, n) tensors is one autograd node
+(:class:`LinearRecurrence`) whose forward and backward are O(l) loops over contiguous time slices, so the
+backward is O(l), not the O(l^2) that indexing ``dA[:, :, t]`` in an autograd loop costs.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from .blocked_scan import blocked_selective_scan
 
 
 class LinearRecurrence(torch.autograd.Function):
@@ -70,7 +74,38 @@ def selective_scan(
     delta_softplus: bool = True,
     initial_state: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Selective scan over a sequence, computed in fp32.
+    """Selective scan over a sequence, computed in fp32 by time blocks (ops/blocked_scan.py): the fast path of
+    :func:`selective_scan_reference`, same arguments and results.
+
+    Args: see the module glossary; ``initial_state`` (b, d, n) or None (zeros).
+    Returns:
+        y: (b, d, l) in u's dtype, and the final state (b, d, n) in fp32.
+    """
+    batch, dim, _ = u.shape
+    # 1. Discretize Delta (bias, softplus) in fp32; the block scan does exp(Delta A) and Delta B u itself.
+    delta = _softplus_dt(delta.float(), delta_bias, delta_softplus)  # (b, d, l)
+    if initial_state is None:
+        initial_state = delta.new_zeros(batch, dim, A.shape[-1])
+    # 2. Recurrence and readout y_t = C_t . h_t, one block of steps at a time.
+    y, final_state = blocked_selective_scan(u.float(), delta, A.float(), B.float(), C.float(), initial_state.float())
+    # 3. D skip and the silu(z) gate.
+    return _skip_and_gate(y, u, D, z).to(u.dtype), final_state
+
+
+def selective_scan_reference(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = True,
+    initial_state: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Selective scan over a sequence, computed in fp32: the readable parallel form (every (l, b, d, n) tensor
+    materialized). :func:`selective_scan` computes the same with the blocked autograd node; tests compare them.
 
     Args: see the module glossary; ``initial_state`` (b, d, n) or None (zeros).
     Returns:
