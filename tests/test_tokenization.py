@@ -12,7 +12,8 @@ from transformers import AutoTokenizer, pipeline
 from hier_mamba.tokenization import BYTE_PAD_ID, BYTE_VOCAB_SIZE, byte_tokenizer, load_tokenizer
 from helpers import model_for, tiny
 
-TEXTS = ["", "plain ASCII", "héllo wörld 😀", "Ā is U+0100, the stand-in of byte 0", "nul \x00 byte", "tab\tnew\nline"]
+TEXTS = ["", "plain ASCII", "héllo wörld 😀", "Ā is U+0100, the stand-in of byte 0", "nul \x00 byte",
+         "tab\tnew\nline"]
 
 
 @pytest.mark.parametrize("text", TEXTS)

@@ -143,6 +143,10 @@ def build_datasets(data_cfg: dict, seed: int, tokenizer: PreTrainedTokenizerBase
             raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
         cut = int(len(train_ids) * (1 - eval_fraction))
         train_ids, eval_ids = train_ids[:cut], train_ids[cut:]
+    for name, ids in (("training", train_ids), ("held-out", eval_ids)):
+        if len(ids) < block_size:
+            raise ValueError(f"the {name} text has {len(ids)} tokens, fewer than one block of {block_size}: "
+                             "lower data.block_size, or give more text (or a larger eval_fraction)")
     return TokenBlocks(train_ids, block_size, stride), TokenBlocks(eval_ids, block_size, block_size)
 
 
