@@ -1,11 +1,14 @@
 """A few training steps of a tiny model on one process or many, for tests/test_distributed.py.
 
     torchrun --standalone --nproc_per_node 2 tests/distributed_train.py --out DIR [--global-batch 8]
+        [--engines trainer fsdp2 deepspeed]
 
-Each rank runs two engines on the same model and data and writes DIR/rank{R}.pt:
-  "trainer": ``HierMambaTrainer`` (accelerate; under torchrun on CPU that is DDP over gloo);
-  "fsdp2":   torch's FSDP2, ``fully_shard`` on every ``_no_split_modules`` block and the root, with
-             depth-wise gradient checkpointing, AdamW and gradient clipping, in a plain loop.
+Each rank runs the engines on the same model and data and writes DIR/rank{R}.pt:
+  "trainer":   ``HierMambaTrainer`` (accelerate; under torchrun on CPU that is DDP over gloo);
+  "fsdp2":     torch's FSDP2, ``fully_shard`` on every ``_no_split_modules`` block and the root, with
+               depth-wise gradient checkpointing, AdamW and gradient clipping, in a plain loop;
+  "deepspeed": ``HierMambaTrainer`` with ``deepspeed=configs/deepspeed_zero2.json`` (ZeRO-2; needs the
+               deepspeed package, whose CPU accelerator communicates over gloo).
 Each result holds the training losses (averaged over ranks), the full (unsharded) state dict at the
 end, and what wrapped the model. The test runs the same functions in one process as the reference.
 
@@ -26,6 +29,7 @@ from transformers import TrainingArguments
 
 from hier_mamba import HierMambaConfig, HierMambaForCausalLM, HierMambaTrainer
 
+DEEPSPEED_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "deepspeed_zero2.json"
 SEQUENCE_LENGTH = 24
 STEPS = 3
 LEARNING_RATE = 1e-2
@@ -66,14 +70,16 @@ def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().cpu().clone() for name, tensor in state.items()}
 
 
-def run_trainer(output_dir: Path, global_batch: int, world_size: int) -> dict:
-    """STEPS steps of HierMambaTrainer with global_batch / world_size examples per rank."""
+def run_trainer(output_dir: Path, global_batch: int, world_size: int, deepspeed: Path | None = None) -> dict:
+    """STEPS steps of HierMambaTrainer with global_batch / world_size examples per rank (under DeepSpeed
+    with the ``deepspeed`` config file, if given)."""
     model = tiny_model()
     data = FixedBatch(fixed_batch(global_batch, model.config.vocab_size))
     args = TrainingArguments(
         output_dir=str(output_dir), max_steps=STEPS, per_device_train_batch_size=global_batch // world_size,
         learning_rate=LEARNING_RATE, weight_decay=0.1, max_grad_norm=1.0, logging_steps=1, save_strategy="no",
-        report_to="none", disable_tqdm=True, use_cpu=True, seed=0, ddp_find_unused_parameters=False)
+        report_to="none", disable_tqdm=True, use_cpu=True, seed=0, ddp_find_unused_parameters=False,
+        deepspeed=str(deepspeed) if deepspeed else None)
     trainer = HierMambaTrainer(model=model, args=args, train_dataset=data)
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]  # averaged over ranks
@@ -87,6 +93,8 @@ def run_fsdp2(global_batch: int, rank: int, world_size: int) -> dict:
     # 1. The model, with checkpointed blocks; sharded one unit per _no_split_modules block, then the root.
     model = tiny_model()
     model.activation_checkpointing_enable()
+    if world_size > 1 and not distributed.is_initialized():  # torchrun's environment names the peers
+        distributed.init_process_group("gloo")
     blocks = [module for module in model.modules() if type(module).__name__ in model._no_split_modules]
     if world_size > 1:
         for block in blocks:
@@ -119,15 +127,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--global-batch", type=int, default=8)
+    parser.add_argument("--engines", nargs="+", choices=["trainer", "fsdp2", "deepspeed"], default=["trainer", "fsdp2"])
     args = parser.parse_args()
     world_size, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     if args.global_batch % world_size:
         raise ValueError(f"--global-batch {args.global_batch} is not divisible by the world size {world_size}")
     torch.set_num_threads(1)  # one core per rank
 
-    results = {"world_size": world_size,
-               "trainer": run_trainer(args.out / "trainer", args.global_batch, world_size)}  # sets up the gloo group
-    results["fsdp2"] = run_fsdp2(args.global_batch, rank, world_size)
+    results = {"world_size": world_size}
+    for engine in args.engines:
+        if engine == "fsdp2":
+            results[engine] = run_fsdp2(args.global_batch, rank, world_size)
+        else:
+            results[engine] = run_trainer(args.out / engine, args.global_batch, world_size,
+                                          DEEPSPEED_CONFIG if engine == "deepspeed" else None)
     args.out.mkdir(parents=True, exist_ok=True)
     torch.save(results, args.out / f"rank{rank}.pt")
     if distributed.is_initialized():
