@@ -11,6 +11,7 @@ from .configuration import HierMambaConfig
 from .modeling import HierMambaForCausalLM, HierMambaModel, HierMambaPreTrainedModel
 from .modeling_act import HierMambaACTOutput, HierMambaForTokenClassification
 from .optim import HierMambaTrainer, create_optimizer, optimizer_param_groups
+from .tokenization import byte_tokenizer
 
 AutoConfig.register(HierMambaConfig.model_type, HierMambaConfig, exist_ok=True)
 AutoModel.register(HierMambaConfig, HierMambaModel, exist_ok=True)
@@ -27,6 +28,7 @@ __all__ = [
     "HierMambaModel",
     "HierMambaPreTrainedModel",
     "HierMambaTrainer",
+    "byte_tokenizer",
     "create_optimizer",
     "optimizer_param_groups",
 ]

@@ -1,4 +1,4 @@
-"""ACT and deep supervision: the math of act.py, HierMambaForTokenClassification, and the puzzle task module."""
+"""ACT and deep supervision: the math of act.py, HierMambaForTokenClassification, and the experiment scripts' helpers."""
 
 import importlib.util
 import math
