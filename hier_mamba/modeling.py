@@ -360,3 +360,9 @@ class HierMambaForCausalLM(HierMambaPreTrainedModel, GenerationMixin):
         else:
             model_inputs.update(input_ids=input_ids, attention_mask=attention_mask)
         return model_inputs
+
+    def compile_decoding(self, enabled: bool = True, **options) -> "HierMambaForCausalLM":
+        """Run every one-token cached step (generate's decoding) through ``torch.compile`` (``options`` go to it;
+        ``enabled=False`` returns to eager). See HierarchicalReasoner.compile_step. Returns self."""
+        self.model.reasoner.compile_step(enabled, **options)
+        return self

@@ -5,6 +5,7 @@
     python scripts/bench.py decode # ms/token at contexts 128..8192, cache bytes, vs HrmTextForCausalLM
     python scripts/bench.py memory # peak training memory and step time vs cycles, per gradient setting
     python scripts/bench.py credit # the same for the ACT puzzle model, per credit-assignment option, + slopes
+    python scripts/bench.py onestep # bptt_steps=2 step time vs cycles against one invocation's forward cost
 
 (GPU language-model benchmark against transformers' Mamba2 and mamba_ssm: scripts/bench_gpu.py.)
 
@@ -211,7 +212,75 @@ def bench_decode(args, device) -> dict:
         flat_best, flat_median = r[hi]["ms_best"] / r[lo]["ms_best"], r[hi]["ms_median"] / r[lo]["ms_median"]
         r["flatness"] = dict(best=flat_best, median=flat_median)
         print(f"{name}: ms/token at {hi} / at {lo} = {flat_best:.2f} (best), {flat_median:.2f} (median)")
-    return dict(params=params, **{name: {str(k): v for k, v in r.items()} for name, r in results.items()})
+    return dict(params=params, generate=bench_generate(args, device),
+                **{name: {str(k): v for k, v in r.items()} for name, r in results.items()})
+
+
+def generate_models(device, backend: str, compile_decoding: bool) -> dict:
+    """The decode bench model (eager, and compiled when asked) and transformers' Mamba2ForCausalLM with as many
+    layers as ours runs block-steps per token (12: 6 invocations x 2 blocks), same width, state, heads, conv."""
+    from transformers import Mamba2Config, Mamba2ForCausalLM
+
+    ours = decode_models(device, backend, 1)["ours"]  # only the HierMamba model of decode_models
+    layers = ours.config.num_hidden_layers
+    torch.manual_seed(0)
+    peer = Mamba2ForCausalLM(Mamba2Config(
+        vocab_size=256, hidden_size=256, num_hidden_layers=layers, state_size=64, head_dim=64, num_heads=8,
+        expand=2, n_groups=1, conv_kernel=4, chunk_size=64, pad_token_id=0, bos_token_id=0, eos_token_id=0))
+    models = {"ours (eager)": (ours, layers), "Mamba2ForCausalLM": (peer.to(device).eval(), layers)}
+    if compile_decoding:
+        compiled = decode_models(device, backend, 1)["ours"]
+        compiled.load_state_dict(ours.state_dict())
+        models["ours (compile_decoding)"] = (compiled.compile_decoding(), layers)
+    return models
+
+
+def bench_generate(args, device) -> dict:
+    """Greedy generate() ms/token and tokens/s at batch 1 and 16 against Mamba2ForCausalLM, per block-step.
+
+    ms/token = (time of generate(n + 1 new tokens) - time of generate(1 new token)) / n: the prefill and the first
+    token cancel. Best of --reps rounds, round-robin over models and batch sizes.
+    """
+    models = generate_models(device, args.backend, args.compile_decoding)
+    n = args.generate_tokens
+    prompts = {b: torch.randint(1, 256, (b, 128), generator=torch.Generator().manual_seed(b)).to(device)
+               for b in args.generate_batches}
+
+    def generate(model, batch, new):
+        return model.generate(prompts[batch], attention_mask=torch.ones_like(prompts[batch]), max_new_tokens=new,
+                              min_new_tokens=new, do_sample=False, pad_token_id=0)
+
+    results = {name: {b: dict(ms=[], cpu_ms=[]) for b in prompts} for name in models}
+    with torch.no_grad():
+        for name, (model, _) in models.items():  # warm-up; the compiled model compiles here (per batch size)
+            for b in prompts:
+                start = time.perf_counter()
+                generate(model, b, 3)
+                results[name][b]["warmup_s"] = time.perf_counter() - start
+        reference = generate(models["ours (eager)"][0], 1, n + 1)
+        for name, (model, _) in models.items():  # the compiled decode must produce the eager tokens
+            if name.startswith("ours") and not torch.equal(generate(model, 1, n + 1), reference):
+                raise SystemExit(f"{name}: generated tokens differ from eager decoding; not timing them")
+        for _ in range(args.reps):
+            for b, (name, (model, _)) in itertools.product(prompts, models.items()):
+                one_wall, one_cpu = timed_cpu(lambda: generate(model, b, 1), device)
+                all_wall, all_cpu = timed_cpu(lambda: generate(model, b, n + 1), device)
+                results[name][b]["ms"].append(1e3 * (all_wall - one_wall) / n)
+                results[name][b]["cpu_ms"].append(1e3 * (all_cpu - one_cpu) / n)
+    rows = []
+    peer = {b: min(results["Mamba2ForCausalLM"][b]["ms"]) for b in prompts}
+    for b, (name, (_, layers)) in itertools.product(prompts, models.items()):
+        r = results[name][b]
+        r["ms_best"], r["cpu_ms_best"], r["ms_median"] = min(r["ms"]), min(r["cpu_ms"]), statistics.median(r["ms"])
+        rows.append([b, name, f"{r['ms_best']:.2f}", f"{r['ms_median']:.2f}", f"{r['cpu_ms_best']:.2f}",
+                     f"{1e3 * r['ms_best'] / layers:.0f}", f"{1e3 * b / r['ms_best']:,.0f}",
+                     f"{peer[b] / r['ms_best']:.2f}x", f"{r['warmup_s']:.1f}"])
+    print(f"\ngreedy generate, prompt 128, {n} timed new tokens, fp32; best of {args.reps} rounds (wall), process "
+          f"CPU time alongside; per block-step = ms/token / {models['ours (eager)'][1]} (6 invocations x 2 blocks; "
+          f"the peer has as many layers)")
+    print(table(["batch", "model", "ms/token (best)", "ms/token (median)", "CPU ms/token (best)", "us/block-step",
+                 "tokens/s", "vs Mamba2ForCausalLM", "warm-up s"], rows))
+    return {name: {str(b): v for b, v in r.items()} for name, r in results.items()}
 
 
 # 3. memory and 4. credit: peak training memory and step time vs cycles (each point in a fresh process)
@@ -327,6 +396,85 @@ def bench_credit(args, device) -> dict:
     return dict(points=points, slopes=slopes, checkpoint_overhead=overhead, batch=args.credit_batch,
                 config=os.path.relpath(args.credit_config, ROOT), base=CREDIT_BASE)
 
+# 5. onestep: with bptt_steps=2, do the no-grad invocations cost a plain forward, or autograd bookkeeping too?
+def timed_cpu(fn, device) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of one call of fn. On a shared machine the CPU time leaves
+    out the time other processes hold the cores; single-threaded (--threads 1) it is the work done."""
+    cpu = time.process_time()
+    wall = timed(fn, device)
+    return wall, time.process_time() - cpu
+
+
+def invocation_costs(model, batch: dict, reps: int, device) -> dict:
+    """{mode: [(wall s, cpu s)] per rep} of one L-stack invocation on the embedded input (b, l, d): forward
+    under no_grad, inference_mode and grad recording, and forward+backward."""
+    x = model.model.embeddings(batch["input_ids"]).detach()  # (b, l, d)
+    stack = model.model.reasoner.L
+
+    def forward():
+        stack(x)
+
+    def recorded():
+        stack(x)[0].sum().backward()
+
+    modes = {"no_grad": (torch.no_grad, forward), "inference_mode": (torch.inference_mode, forward),
+             "grad (forward)": (torch.enable_grad, forward), "grad (forward+backward)": (torch.enable_grad, recorded)}
+    times = {name: [] for name in modes}
+    for _ in range(reps):  # interleaved: load hits every mode alike
+        for name, (context, fn) in modes.items():
+            with context():
+                times[name].append(timed_cpu(fn, device))
+    model.zero_grad(set_to_none=True)
+    return times
+
+
+def bench_onestep(args, device) -> dict:
+    """Training step time (forward, LM loss, backward) vs cycles with the one-step gradient; the growth per
+    invocation against the forward cost of one invocation, measured in the same process."""
+    torch.manual_seed(0)
+    ids = torch.randint(1, 256, (args.batch, args.memory_length), device=device)
+    batch = dict(input_ids=ids, labels=ids)
+    models = {}
+    for H, L in CYCLES:
+        torch.manual_seed(0)
+        model, _ = lm_workload(dict(H=H, L=L, backend=args.backend, setting=dict(bptt_steps=2), batch=1, length=1))
+        models[H, L] = model.to(device).train()
+
+    def step(model):
+        model.zero_grad(set_to_none=True)
+        model(**batch).loss.backward()
+
+    for model in models.values():  # warm-up
+        step(model)
+    steps = {key: [] for key in models}
+    for _ in range(args.onestep_reps):  # round-robin over the cycle counts
+        for key, model in models.items():
+            steps[key].append(timed_cpu(lambda: step(model), device))
+    costs = invocation_costs(models[CYCLES[0]], batch, 2 * args.onestep_reps, device)
+    invocations = [models[key].config.num_invocations for key in models]
+    results = dict(invocations=invocations, steps={f"{H}x{L}": t for (H, L), t in steps.items()},
+                   invocation=costs)
+    rows, summary = [], []
+    for clock, index in (("wall", 0), ("cpu", 1)):
+        best = [min(t[index] for t in steps[key]) for key in models]
+        cost = {name: min(t[index] for t in times) for name, times in costs.items()}
+        slope = statistics.linear_regression(invocations, best).slope  # seconds per extra invocation
+        results[f"{clock}_growth_per_invocation_s"], results[f"{clock}_invocation_s"] = slope, cost
+        rows.append(best)
+        summary.append([clock, f"{1e3 * slope:.1f}", *(f"{1e3 * t:.1f}" for t in cost.values()),
+                        f"{slope / cost['no_grad']:.2f}", f"{cost['no_grad'] / cost['inference_mode']:.3f}"])
+    print(f"\nHierMambaForCausalLM hidden 256, H_layers=L_layers=2, mamba2, bptt_steps=2, b={args.batch}, "
+          f"l={args.memory_length}; best of {args.onestep_reps} interleaved steps (wall clock and process CPU time)")
+    print(table(["H x L", "invocations", "step s (wall)", "step s (cpu)", "ratio (cpu)"],
+                [[f"{H}x{L}", n, f"{w:.3f}", f"{c:.3f}", f"{c / rows[1][0]:.2f}"]
+                 for (H, L), n, w, c in zip(models, invocations, *rows)]))
+    print(f"\ngrowth = least-squares slope of step time over invocations; one L invocation (2 blocks + norm) on the "
+          f"same input, best of {2 * args.onestep_reps} interleaved reps")
+    print(table(["clock", "growth ms / invocation", *(f"{name} ms" for name in costs), "growth / no_grad",
+                 "no_grad / inference_mode"], summary))
+    return results
+
+
 # plots -----------------------------------------------------------------------------------------
 def plot(results: dict, out_dir: Path) -> None:
     import matplotlib
@@ -391,7 +539,7 @@ def main() -> None:
         print(json.dumps(memory_worker(json.loads(sys.argv[2]))))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("section", choices=["mixer", "decode", "memory", "credit", "all"])
+    parser.add_argument("section", choices=["mixer", "decode", "memory", "credit", "onestep", "all"])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--backend", default="auto", choices=["auto", "torch", "cuda"], help="hier_mamba ssm_backend")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
@@ -402,8 +550,13 @@ def main() -> None:
                         help="mixer: stop timing a peer after this many seconds (at least one repetition)")
     parser.add_argument("--contexts", type=int, nargs="+", default=[128, 1024, 8192])
     parser.add_argument("--decode-tokens", type=int, default=16, help="tokens per timed decode round")
+    parser.add_argument("--generate-tokens", type=int, default=32, help="decode: timed new tokens per generate()")
+    parser.add_argument("--generate-batches", type=int, nargs="+", default=[1, 16], help="decode: generate() batches")
+    parser.add_argument("--no-compile-decoding", dest="compile_decoding", action="store_false",
+                        help="decode: leave out the compile_decoding() row (its CPU build takes a minute or more)")
     parser.add_argument("--memory-length", type=int, default=256)
     parser.add_argument("--memory-reps", type=int, default=3, help="timed steps per memory/credit point")
+    parser.add_argument("--onestep-reps", type=int, default=5, help="onestep: interleaved timed steps per point")
     parser.add_argument("--credit-batch", type=int, default=8, help="credit: mazes per training step")
     parser.add_argument("--credit-config", type=Path, default=ROOT / "configs/exp_maze.yaml",
                         help="credit: run config whose model: section builds the puzzle model")
@@ -417,7 +570,8 @@ def main() -> None:
         raise SystemExit("--device cuda: no CUDA device visible to torch")
     print(f"# {' '.join(sys.argv)}\n# {machine(device)}; torch {torch.__version__}, transformers "
           f"{transformers.__version__}, python {platform.python_version()}", flush=True)
-    benches = {"mixer": bench_mixer, "decode": bench_decode, "memory": bench_memory, "credit": bench_credit}
+    benches = {"mixer": bench_mixer, "decode": bench_decode, "memory": bench_memory, "credit": bench_credit,
+               "onestep": bench_onestep}
     results = {}
     for section in list(benches) if args.section == "all" else [args.section]:
         start = time.perf_counter()
