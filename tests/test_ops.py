@@ -5,6 +5,7 @@ import torch
 
 from hier_mamba.ops import (
     causal_conv1d,
+    causal_conv1d_reference,
     causal_conv1d_step,
     get_ops,
     linear_recurrence,
@@ -57,6 +58,33 @@ def test_causal_conv_sequence_equals_steps_and_continues_from_state(length):
         y1, s1 = causal_conv1d(x[:, :, :2], weight, bias, state0)
         y2, _ = causal_conv1d(x[:, :, 2:], weight, bias, s1)
         torch.testing.assert_close(torch.cat([y1, y2], -1), y)
+
+
+@pytest.mark.parametrize("time_major", [False, True])
+@pytest.mark.parametrize("with_state,with_bias,activation", [(False, True, "silu"), (True, False, None),
+                                                             (True, True, "swish")])
+def test_causal_conv_fast_path_equals_reference(time_major, with_state, with_bias, activation):
+    """The one-node time-major conv (forward, final state, every gradient) equals the readable shifted multiply-adds,
+    for a contiguous (b, d, l) input and for a transposed view of (b, l, d) memory (what the mixers pass)."""
+    generator = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 9, 6, generator=generator).transpose(1, 2) if time_major else torch.randn(
+        2, 6, 9, generator=generator)
+    x.requires_grad_()
+    weight = torch.randn(6, 4, generator=generator, requires_grad=True)
+    bias = torch.randn(6, generator=generator, requires_grad=True) if with_bias else None
+    state0 = torch.randn(2, 6, 3, generator=generator, requires_grad=True) if with_state else None
+    inputs = [t for t in (x, weight, bias, state0) if t is not None]
+    fast = causal_conv1d(x, weight, bias, state0, activation)
+    reference = causal_conv1d_reference(x, weight, bias, state0, activation)
+    for ours, expected in zip(fast, reference):
+        torch.testing.assert_close(ours, expected)
+    for g1, g2 in zip(_grads(fast, inputs), _grads(reference, inputs)):
+        torch.testing.assert_close(g1, g2)
+
+
+def test_causal_conv_rejects_an_unknown_activation():
+    with pytest.raises(ValueError, match="activation must be None, 'silu' or 'swish', got 'relu'"):
+        causal_conv1d(torch.randn(1, 2, 3), torch.randn(2, 4), activation="relu")
 
 
 def test_causal_conv_is_causal():
@@ -154,11 +182,13 @@ def test_closed_form_chunk_state_passing_equals_the_loop():
 
     torch.manual_seed(0)
     b, c, g, r, p, n = 2, 5, 2, 3, 4, 6
-    start, chunk_states, log_decay = torch.randn(b, g, r, p, n), torch.randn(b, c, g, r, p, n), -torch.rand(b, c, g, r)
-    entering, final = _pass_states(start, chunk_states, log_decay)
+    start, chunk_states = torch.randn(b, g, n, r * p), torch.randn(b, c, g, n, r * p)
+    log_decay = -torch.rand(b, c, g, r)
+    entering, final = _pass_states(start, chunk_states, log_decay, head_dim=p)
     state, expected = start, []
     for k in range(c):
         expected.append(state)
-        state = state * torch.exp(log_decay[:, k])[..., None, None] + chunk_states[:, k]
+        decay = torch.exp(log_decay[:, k]).repeat_interleave(p, dim=-1)  # (b, g, r p): one decay per head
+        state = state * decay[:, :, None, :] + chunk_states[:, k]
     torch.testing.assert_close(entering, torch.stack(expected, dim=1))
     torch.testing.assert_close(final, state)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 
 def causal_conv1d(
@@ -21,7 +22,77 @@ def causal_conv1d(
     initial_state: torch.Tensor | None = None,
     activation: str | None = "silu",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Causal depthwise conv over a sequence.
+    """Causal depthwise conv over a sequence (the fast path of :func:`causal_conv1d_reference`).
+
+    Computed time-major as one autograd node (:class:`CausalConvTimeMajor`): a (b, d, l) input that is a
+    transposed view of (b, l, d) memory (a mixer's projection) is read without a copy, and the output is such a
+    view too, so ``y.transpose(1, 2)`` is contiguous (b, l, d).
+
+    Args:
+        x: (b, d, l). weight: (d, w). bias: (d,) or None. initial_state: (b, d, w - 1) or None (zeros).
+    Returns:
+        y: (b, d, l), and the final state (b, d, w - 1) to continue the sequence with.
+    """
+    if activation not in (None, "silu", "swish"):
+        raise ValueError(f"activation must be None, 'silu' or 'swish', got {activation!r}")
+    batch, dim, _ = x.shape
+    width = weight.shape[-1]
+    if initial_state is None:
+        initial_state = x.new_zeros(batch, dim, width - 1)
+    padded = torch.cat([_as(initial_state, x.dtype).transpose(1, 2), x.transpose(1, 2)], dim=1)  # (b, w - 1 + l, d)
+    y = CausalConvTimeMajor.apply(padded, _as(weight, x.dtype), None if bias is None else _as(bias, x.dtype),
+                                  activation is not None)  # (b, l, d)
+    final_state = padded[:, padded.shape[1] - (width - 1):].transpose(1, 2).contiguous()  # (b, d, w - 1), own storage
+    return y.transpose(1, 2), final_state
+
+
+class CausalConvTimeMajor(torch.autograd.Function):
+    """y_t = act(sum_k w_k x_{t + k} + bias) over time-major ``padded`` (b, w - 1 + l, d), whose first w - 1 steps
+    are the state; weight (d, w), bias (d,) or None, silu: bool. Returns y (b, l, d).
+
+    Each shifted multiply-add reads a contiguous (b, l, d) block. Backward accumulates the input gradient in
+    place in one (b, w - 1 + l, d) buffer (autograd through the slices would allocate and add a zero-padded
+    full-size tensor per tap) and reduces each tap's weight gradient directly."""
+
+    @staticmethod
+    def forward(ctx, padded, weight, bias, silu: bool):
+        width, length = weight.shape[-1], padded.shape[1] - weight.shape[-1] + 1
+        taps = weight.t().contiguous()  # (w, d): each tap a contiguous row of d channels
+        pre = padded[:, :length] * taps[0]  # (b, l, d)
+        for k in range(1, width):
+            pre.addcmul_(padded[:, k:k + length], taps[k])
+        if bias is not None:
+            pre += bias
+        ctx.save_for_backward(padded, weight, pre if silu else None)
+        ctx.has_bias, ctx.silu = bias is not None, silu
+        return F.silu(pre) if silu else pre
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y):
+        padded, weight, pre = ctx.saved_tensors
+        width, length = weight.shape[-1], padded.shape[1] - weight.shape[-1] + 1
+        grad_y = grad_y.contiguous()  # (b, l, d)
+        grad_pre = torch.ops.aten.silu_backward(grad_y, pre) if ctx.silu else grad_y
+        taps = weight.t().contiguous()  # (w, d)
+        grad_padded = padded.new_zeros(padded.shape)  # (b, w - 1 + l, d)
+        grad_taps, product = torch.empty_like(taps), torch.empty_like(grad_pre)  # (w, d), (b, l, d)
+        for k in range(width):
+            grad_padded[:, k:k + length].addcmul_(grad_pre, taps[k])
+            torch.sum(torch.mul(grad_pre, padded[:, k:k + length], out=product), (0, 1), out=grad_taps[k])
+        grad_bias = grad_pre.sum((0, 1)) if ctx.has_bias else None
+        return grad_padded, grad_taps.t(), grad_bias, None
+
+
+def causal_conv1d_reference(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    initial_state: torch.Tensor | None = None,
+    activation: str | None = "silu",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal depthwise conv over a sequence: the readable form (autograd through the shifted multiply-adds).
+    :func:`causal_conv1d` computes the same as one autograd node; tests compare them.
 
     Args:
         x: (b, d, l). weight: (d, w). bias: (d,) or None. initial_state: (b, d, w - 1) or None (zeros).

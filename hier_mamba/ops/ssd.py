@@ -41,6 +41,30 @@ def ssd_chunked(
     Returns:
         y: (b, l, h, p) in x's dtype, and the final state (b, h, p, n) in fp32.
     """
+    dt = discretize_dt(dt, dt_bias, dt_softplus, dt_limit)  # (b, l, h)
+    # Non-finite inputs: a chunk's matmuls would spread a NaN / inf at position t to the earlier positions of its
+    # chunk (0 * NaN = NaN). A non-finite input at t always makes y_t non-finite, so the scan runs on the inputs as
+    # they are and only a non-finite result pays for the careful path: the scan on zeroed inputs, with the outputs
+    # made non-finite from t on, as the recurrence does (per head). Under torch.compile (no data-dependent branch)
+    # the careful path always runs; it adds exact zeros, so finite inputs give identical results either way.
+    if not torch.compiler.is_compiling():
+        y, final_state = _ssd_scan(x, dt, A, B, C, chunk_size, D, initial_state)
+        if bool(torch.isfinite(y).all()) and bool(torch.isfinite(final_state).all()):
+            return y.to(x.dtype), final_state
+    x_finite, dt, B, C, poison = _split_non_finite(x, dt, B, C)  # poison: (b, l, h) of 0, or NaN from the first bad
+    y, final_state = _ssd_scan(x_finite, dt, A, B, C, chunk_size, D, initial_state)
+    y = y + poison[..., None]
+    return y.to(x.dtype), final_state + poison[:, -1, :, None, None]
+
+
+def _ssd_scan(x, dt, A, B, C, chunk_size: int, D, initial_state) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chunked scan proper, on discretized dt (b, l, h); other arguments as :func:`ssd_chunked`.
+    Returns y (b, l, h, p) and the final state (b, h, p, n), both fp32.
+
+    Layout: token-major inside a chunk, (b, c, g, q, r, p) -- for one group that is x's own (b, l, h, p), so
+    neither x nor y is permuted -- and states (b, g, n, r, p). Then the products that share B or C across the r
+    heads of a group (chunk end states, state read-out) are one matmul per chunk over all r p channels,
+    (n, q) @ (q, r p) and (q, n) @ (n, r p), instead of r small ones."""
     batch, length, heads, head_dim = x.shape
     groups, state_size = B.shape[2], B.shape[3]
     rep = heads // groups
@@ -48,54 +72,55 @@ def ssd_chunked(
     pad = (Q - length % Q) % Q
     chunks = (length + pad) // Q
 
-    # 0. Non-finite inputs: a chunk's matmuls would spread a NaN / inf at position t to the earlier positions of
-    #    its chunk (0 * NaN = NaN). Compute on finite values and make the outputs non-finite from t on instead,
-    #    as the recurrence does (per head; exact 0 added elsewhere, so finite inputs give identical results).
-    dt = discretize_dt(dt, dt_bias, dt_softplus, dt_limit)  # (b, l, h)
-    x, dt, B, C, poison = _split_non_finite(x, dt, B, C)  # poison: (b, l, h) of 0, or NaN from the first bad position
+    # 1. Pad to whole chunks; x dt as (b, c, g, q, r, p), B, C as (b, c, g, q, n), log-decays cumulated in a chunk.
+    x_dt = _pad_time(x.float() * dt.unsqueeze(-1), pad).view(batch, chunks, Q, groups, rep, head_dim)
+    x_dt = x_dt.transpose(2, 3).contiguous()  # (b, c, g, q, r, p); no copy for one group
+    dA_cum = torch.cumsum(_pad_time(dt * A.float(), pad).view(batch, chunks, Q, groups, rep), dim=2)  # (b, c, q, g, r)
+    dA_cum = dA_cum.permute(0, 1, 3, 4, 2).contiguous()  # (b, c, g, r, q): log-decay from the chunk start
+    B = _pad_time(B.float(), pad).view(batch, chunks, Q, groups, state_size).transpose(2, 3).contiguous()
+    C = _pad_time(C.float(), pad).view(batch, chunks, Q, groups, state_size).transpose(2, 3).contiguous()
 
-    # 1. Pad to whole chunks; lay out as (b, c, g, ...) so every product below is one batched matmul over
-    #    contiguous blocks.
-    x_dt = F.pad(x.float() * dt.unsqueeze(-1), (0, 0, 0, 0, 0, pad))  # (b, l', h, p)
-    x_dt = x_dt.view(batch, chunks, Q, groups, rep, head_dim).permute(0, 1, 3, 4, 2, 5)  # (b, c, g, r, q, p)
-    dA = F.pad(dt * A.float(), (0, 0, 0, pad)).view(batch, chunks, Q, groups, rep)  # (b, c, q, g, r)
-    dA_cum = torch.cumsum(dA.permute(0, 1, 3, 4, 2), dim=-1)  # (b, c, g, r, q): log-decay from the chunk start
-    B = F.pad(B.float(), (0, 0, 0, 0, 0, pad)).view(batch, chunks, Q, groups, state_size).transpose(2, 3)
-    C = F.pad(C.float(), (0, 0, 0, 0, 0, pad)).view(batch, chunks, Q, groups, state_size).transpose(2, 3)
-    x_dt, B, C = x_dt.contiguous(), B.contiguous(), C.contiguous()  # B, C: (b, c, g, q, n)
-
-    # 2. Intra-chunk (diagonal blocks): y_q = sum_{s<=q} C_q.B_s exp(cum_q - cum_s) x_s dt_s.
+    # 2. Intra-chunk (diagonal blocks): y_q = sum_{s<=q} C_q.B_s exp(cum_q - cum_s) x_s dt_s, one matmul per head.
     scores = (C @ B.transpose(-1, -2)).unsqueeze(3) * _segment_decay(dA_cum)  # (b, c, g, r, q, s)
-    y = scores @ x_dt  # (b, c, g, r, q, p)
+    y_diag = scores @ x_dt.transpose(3, 4)  # (b, c, g, r, q, p); x_dt read per head as a strided (s, p) view
 
-    # 3. Each chunk's own end state, from its inputs alone.
-    to_end = torch.exp(dA_cum[..., -1:] - dA_cum)  # (b, c, g, r, q)
-    chunk_states = (x_dt * to_end.unsqueeze(-1)).transpose(-1, -2) @ B.unsqueeze(3)  # (b, c, g, r, p, n)
+    # 3. Each chunk's own end state, from its inputs alone: (n, q) @ (q, r p) per chunk.
+    to_end = torch.exp(dA_cum[..., -1:] - dA_cum).transpose(-1, -2).unsqueeze(-1)  # (b, c, g, q, r, 1)
+    chunk_states = B.transpose(-1, -2) @ (x_dt * to_end).flatten(-2)  # (b, c, g, n, r p)
 
-    # 4. Inter-chunk recurrence: the state entering each chunk, and the final state.
+    # 4. Inter-chunk recurrence: the state entering each chunk, and the final state, as (b, g, n, r p).
     if initial_state is None:
-        initial_state = x_dt.new_zeros(batch, heads, head_dim, state_size)
-    start = initial_state.float().view(batch, groups, rep, head_dim, state_size)
+        start = x_dt.new_zeros(batch, groups, state_size, rep * head_dim)
+    else:  # (b, h, p, n) -> (b, g, n, r p)
+        start = initial_state.float().view(batch, groups, rep, head_dim, state_size).permute(0, 1, 4, 2, 3)
+        start = start.reshape(batch, groups, state_size, rep * head_dim)
+    chunk_decay = torch.exp(dA_cum[..., -1]).unsqueeze(-1).expand(-1, -1, -1, -1, head_dim).flatten(-2)  # (b,c,g,rp)
     if torch.compiler.is_compiling():  # one graph for every chunk count (a Python loop would unroll per count)
-        entering, start = _pass_states(start, chunk_states, dA_cum[..., -1])
+        entering, start = _pass_states(start, chunk_states, dA_cum[..., -1], head_dim)
     else:
-        chunk_decay = torch.exp(dA_cum[..., -1])[..., None, None]  # (b, c, g, r, 1, 1)
         entering = []
-        for decay_c, state_c in zip(chunk_decay.unbind(1), chunk_states.unbind(1)):  # unbind: O(c) backward
+        for decay_c, state_c in zip(chunk_decay.unsqueeze(-2).unbind(1), chunk_states.unbind(1)):  # O(c) backward
             entering.append(start)
             start = start * decay_c + state_c
-        entering = torch.stack(entering, dim=1)  # (b, c, g, r, p, n)
+        entering = torch.stack(entering, dim=1)  # (b, c, g, n, r p)
 
-    # 5. Off-diagonal blocks: the entering state read out by C with the decay since the chunk start.
-    y = y + (C.unsqueeze(3) @ entering.transpose(-1, -2)) * torch.exp(dA_cum).unsqueeze(-1)  # (b, c, g, r, q, p)
-    y = y.permute(0, 1, 4, 2, 3, 5).reshape(batch, chunks * Q, heads, head_dim)[:, :length]  # (b, l, h, p)
+    # 5. Off-diagonal blocks: the entering state read out by C, (q, n) @ (n, r p), decayed since the chunk start.
+    y = (C @ entering).view(batch, chunks, groups, Q, rep, head_dim)  # (b, c, g, q, r, p)
+    y = torch.addcmul(y_diag.transpose(3, 4), y, torch.exp(dA_cum).transpose(-1, -2).unsqueeze(-1))
+    y = y.transpose(2, 3).reshape(batch, chunks * Q, heads, head_dim)[:, :length]  # (b, l, h, p); a view for g = 1
 
-    # 6. Skip connection; non-finite inputs re-injected causally.
+    # 6. Skip connection.
     if D is not None:
-        y = y + x.float() * _per_head(D)
-    y = y + poison[..., None]
-    final_state = start.reshape(batch, heads, head_dim, state_size) + poison[:, -1, :, None, None]
-    return y.to(x.dtype), final_state
+        y = torch.addcmul(y, x.float(), _per_head(D))
+    final_state = start.view(batch, groups, state_size, rep, head_dim).permute(0, 1, 3, 4, 2)  # (b, g, r, p, n)
+    return y, final_state.reshape(batch, heads, head_dim, state_size)
+
+
+def _pad_time(t: torch.Tensor, pad: int) -> torch.Tensor:
+    """t (b, l, ...) padded with ``pad`` zero steps at the end (t itself when pad = 0)."""
+    if pad == 0:
+        return t
+    return torch.cat([t, t.new_zeros(t.shape[0], pad, *t.shape[2:])], dim=1)
 
 
 def ssd_state_update(
@@ -151,15 +176,16 @@ def ssd_sequential(
     return torch.stack(outputs, dim=1), state
 
 
-def _pass_states(start: torch.Tensor, chunk_states: torch.Tensor, chunk_log_decay: torch.Tensor):
+def _pass_states(start: torch.Tensor, chunk_states: torch.Tensor, chunk_log_decay: torch.Tensor, head_dim: int):
     """The inter-chunk recurrence in closed form (mamba_ssm's ssd_minimal): state entering chunk k =
     sum_{j <= k} exp(log-decay of chunks j..k-1) s_j, with s_0 the initial state. O(c^2) in the chunk count c,
-    shape-generic (torch.compile traces it once for all lengths). start: (b, g, r, p, n);
-    chunk_states: (b, c, g, r, p, n); chunk_log_decay: (b, c, g, r). Returns entering (b, c, g, r, p, n), final."""
+    shape-generic (torch.compile traces it once for all lengths). start: (b, g, n, r p);
+    chunk_states: (b, c, g, n, r p); chunk_log_decay: (b, c, g, r). Returns entering (b, c, g, n, r p), final."""
     log_decay = F.pad(chunk_log_decay.movedim(1, -1), (1, 0))  # (b, g, r, c + 1): chunk -1 is the initial state
     decay = _segment_decay(torch.cumsum(log_decay, dim=-1))  # (b, g, r, c + 1, c + 1)
-    states = torch.cat([start.unsqueeze(1), chunk_states], dim=1)  # (b, c + 1, g, r, p, n)
-    passed = torch.einsum("bgrzc,bcgrpn->bzgrpn", decay, states)  # (b, c + 1, g, r, p, n)
+    states = torch.cat([start.unsqueeze(1), chunk_states], dim=1)  # (b, c + 1, g, n, r p)
+    states = states.unflatten(-1, (-1, head_dim))  # (b, c + 1, g, n, r, p)
+    passed = torch.einsum("bgrzc,bcgnrp->bzgnrp", decay, states).flatten(-2)  # (b, c + 1, g, n, r p)
     return passed[:, :-1], passed[:, -1]
 
 
