@@ -6,6 +6,7 @@
     python scripts/bench.py memory # peak training memory and step time vs cycles, per gradient setting
     python scripts/bench.py credit # the same for the ACT puzzle model, per credit-assignment option, + slopes
     python scripts/bench.py onestep # bptt_steps=2 step time vs cycles against one invocation's forward cost
+    python scripts/bench.py model  # LM training step vs Mamba2ForCausalLM / MambaForCausalLM(mambapy), FLOP/s
 
 (GPU language-model benchmark against transformers' Mamba2 and mamba_ssm: scripts/bench_gpu.py.)
 
@@ -33,6 +34,7 @@ import transformers
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 from bench_memory import loglog_slope, measure_step, run_worker, timed  # noqa: E402  (scripts/, beside this file)
+from bench_model import bench_model  # noqa: E402
 from hier_mamba import HierMambaConfig, HierMambaForCausalLM, HierMambaForTokenClassification  # noqa: E402
 from hier_mamba.mixers import MIXER_CLASSES  # noqa: E402
 
@@ -539,7 +541,7 @@ def main() -> None:
         print(json.dumps(memory_worker(json.loads(sys.argv[2]))))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("section", choices=["mixer", "decode", "memory", "credit", "onestep", "all"])
+    parser.add_argument("section", choices=["mixer", "decode", "memory", "credit", "onestep", "model", "all"])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--backend", default="auto", choices=["auto", "torch", "cuda"], help="hier_mamba ssm_backend")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
@@ -560,6 +562,10 @@ def main() -> None:
     parser.add_argument("--credit-batch", type=int, default=8, help="credit: mazes per training step")
     parser.add_argument("--credit-config", type=Path, default=ROOT / "configs/exp_maze.yaml",
                         help="credit: run config whose model: section builds the puzzle model")
+    parser.add_argument("--model-length", type=int, default=512, help="model: sequence length")
+    parser.add_argument("--model-reps", type=int, default=5, help="model: interleaved timed rounds")
+    parser.add_argument("--no-model-eager", dest="model_eager", action="store_false",
+                        help="model: leave out transformers' eager Mamba1 (one step takes minutes)")
     parser.add_argument("--plots", type=Path, help="folder for bench_*.png / credit_cost.png (e.g. docs/img)")
     parser.add_argument("--json", type=Path, help="write all results to this JSON file")
     args = parser.parse_args()
@@ -571,7 +577,7 @@ def main() -> None:
     print(f"# {' '.join(sys.argv)}\n# {machine(device)}; torch {torch.__version__}, transformers "
           f"{transformers.__version__}, python {platform.python_version()}", flush=True)
     benches = {"mixer": bench_mixer, "decode": bench_decode, "memory": bench_memory, "credit": bench_credit,
-               "onestep": bench_onestep}
+               "onestep": bench_onestep, "model": lambda args, device: bench_model(args, device, table)}
     results = {}
     for section in list(benches) if args.section == "all" else [args.section]:
         start = time.perf_counter()
