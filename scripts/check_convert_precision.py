@@ -32,8 +32,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     tokens = torch.randint(0, 50277, (1, args.length))
-    print("| source | max abs logit | ours fp32 - transformers fp32 | ours fp32 - fp64 | transformers fp32 - fp64 |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| source | max abs logit | ours fp32 - transformers fp32 | ours fp32 - fp64 | transformers fp32 - fp64 "
+          "| same argmax |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for name, build in SOURCES.items():
         source = build().eval()
         converted = convert_mamba(source, L_layers=12)
@@ -42,7 +43,8 @@ def main(argv: list[str] | None = None) -> None:
             ours = converted(tokens).logits.double()
             exact = copy.deepcopy(source).double()(tokens).logits
         print(f"| {name} | {exact.abs().max().item():.1f} | {(ours - theirs).abs().max().item():.1e} | "
-              f"{(ours - exact).abs().max().item():.1e} | {(theirs - exact).abs().max().item():.1e} |")
+              f"{(ours - exact).abs().max().item():.1e} | {(theirs - exact).abs().max().item():.1e} | "
+              f"{torch.equal(ours.argmax(-1), theirs.argmax(-1))} |")
 
 
 if __name__ == "__main__":
