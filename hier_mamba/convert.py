@@ -36,7 +36,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
 from transformers.utils import cached_file
 
 from .configuration import HierMambaConfig
@@ -72,8 +72,8 @@ def hier_kwargs_from_transformers(config: PretrainedConfig) -> dict:
     """HierMambaConfig keyword arguments equal to a transformers MambaConfig / Mamba2Config (no L/H split yet)."""
     model_type = getattr(config, "model_type", None)
     if model_type not in ("mamba", "mamba2"):
-        raise ValueError(f"expected a transformers Mamba or Mamba2 config (model_type 'mamba' / 'mamba2'), "
-                         f"got model_type={model_type!r}")
+        raise ValueError(f"expected a transformers Mamba or Mamba2 config (model_type 'mamba' / 'mamba2') or a "
+                         f"mamba_ssm one (d_model, n_layer, ...), got model_type={model_type!r}")
     if config.hidden_act != "silu":
         raise _unsupported(model_type, "hidden_act", config.hidden_act, "'silu'")
     if getattr(config, "rms_norm", True) is not True:  # older Mamba2Config field
@@ -104,7 +104,8 @@ def hier_kwargs_from_transformers(config: PretrainedConfig) -> dict:
 
 def hier_kwargs_from_mamba_ssm(config: Mapping) -> dict:
     """HierMambaConfig keyword arguments equal to a mamba_ssm MambaConfig (a dict, as in its config.json)."""
-    unknown = sorted(set(config) - MAMBA_SSM_FIELDS)
+    generic = set(vars(PretrainedConfig())) | set(PretrainedConfig().to_dict())  # older MambaConfigs subclass it
+    unknown = sorted(name for name in set(config) - MAMBA_SSM_FIELDS - generic if not name.startswith("_"))
     if unknown:
         raise ValueError(f"mamba_ssm config has fields this converter does not know: {unknown} "
                          f"(known: {sorted(MAMBA_SSM_FIELDS)})")
@@ -158,16 +159,19 @@ def hier_config_for(source_config: PretrainedConfig | Mapping, L_layers: int, **
     """The HierMambaConfig of a source config split after block ``L_layers``, with WARM_START_SETTINGS.
 
     Args:
-        source_config: a transformers MambaConfig / Mamba2Config, or a mamba_ssm config (its dataclass or dict).
+        source_config: a transformers MambaConfig / Mamba2Config (or its dict), or a mamba_ssm config (its
+            dataclass or dict).
         L_layers: blocks 0 .. L_layers - 1 form L, the others H; 1 <= L_layers < the source's block count.
         overrides: further HierMambaConfig fields (e.g. H_cycles=2, chunk_size=64, bptt_steps=None); those of
             WARM_START_SETTINGS other than the cycles, and the sizes, change what the weights compute.
     """
-    if isinstance(source_config, PretrainedConfig):
-        kwargs, num_layers = hier_kwargs_from_transformers(source_config), source_config.num_hidden_layers
+    fields = source_config if isinstance(source_config, Mapping) else vars(source_config)
+    if "d_model" in fields:  # mamba_ssm's MambaConfig: a dataclass (older versions: a PretrainedConfig) or its dict
+        kwargs, num_layers = hier_kwargs_from_mamba_ssm(fields), fields["n_layer"]
     else:
-        source_config = source_config if isinstance(source_config, Mapping) else vars(source_config)
-        kwargs, num_layers = hier_kwargs_from_mamba_ssm(source_config), source_config["n_layer"]
+        if isinstance(source_config, Mapping) and "model_type" in source_config:  # a transformers config.json's dict
+            source_config = AutoConfig.for_model(**source_config)
+        kwargs, num_layers = hier_kwargs_from_transformers(source_config), source_config.num_hidden_layers
     if not isinstance(L_layers, int) or isinstance(L_layers, bool) or not 1 <= L_layers < num_layers:
         raise ValueError(f"L_layers={L_layers!r} must be an int in [1, {num_layers - 1}]: the source has n_layer="
                          f"{num_layers} blocks, L takes the first L_layers and H (at least one block) the rest")

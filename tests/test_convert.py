@@ -142,6 +142,17 @@ def test_unsupported_mamba_ssm_settings_raise_naming_them(change, named):
         hier_config_for({**MAMBA_SSM_CONFIG, **change}, L_layers=1)
 
 
+def test_config_forms_all_map_alike():
+    source = source_model("mamba2")
+    as_object = hier_config_for(source.config, L_layers=1).to_dict()
+    assert hier_config_for(source.config.to_dict(), L_layers=1).to_dict() == as_object
+    ssm = hier_config_for(MAMBA_SSM_CONFIG, L_layers=2).to_dict()  # keys PretrainedConfig writes are not settings
+    generic = {"architectures": ["MambaLMHeadModel"], "transformers_version": "4.40.0", "_name_or_path": "x"}
+    assert hier_config_for({**MAMBA_SSM_CONFIG, **generic}, L_layers=2).to_dict() == ssm
+    with pytest.raises(ValueError, match="model_type=.llama."):
+        hier_config_for({"model_type": "llama"}, L_layers=1)
+
+
 def test_unsupported_transformers_settings_and_bad_splits_raise_naming_them():
     with pytest.raises(ValueError, match="hidden_act='gelu'"):
         hier_config_for(MambaConfig(hidden_size=32, num_hidden_layers=3, hidden_act="gelu"), L_layers=1)
