@@ -1,17 +1,20 @@
 """Very deep H and L stacks: training memory and step time against depth, with and without depth-wise
 gradient checkpointing, and a 2 x N-block model trained at a few sequence lengths with it.
 
-    nice -n 10 python scripts/bench_depth.py [--depths 2 4 8 16 32 64] [--length 1024] [--hidden 256]
-        [--goal-layers 50] [--goal-lengths 1024 4096] [--json docs/results/bench_depth.json] [--plot docs/img/bench_depth.png]
+    nice -n 10 python scripts/bench_depth.py [--sections depth overhead goal] [--depths 2 4 8 16 32 64]
+        [--length 1024] [--hidden 256] [--overhead-depths 4 16] [--goal-layers 50] [--goal-lengths 1024 4096]
+        [--json docs/results/bench_depth.json] [--plot docs/img/bench_depth.png]
 
 depth: HierMambaForCausalLM with H_layers = L_layers = depth and H_cycles = L_cycles = 1, so one forward
     runs L then H once and every block's activations are recorded (the recorded depth of HRM's one-step
     gradient at any cycle count; more cycles add no-grad forwards, i.e. time, not memory). One
     forward + backward per point, each point in a fresh process (scripts/bench_memory.py): peak bytes
     allocated in the step (profiler), peak RSS of the process, best step time; with and without
-    ``gradient_checkpointing``. Linear fits give the slope per block of each, the recompute overhead is
-    the ratio of step times, and the fitted lines say at how many blocks per stack the peak RSS plus
-    AdamW's moments (8 B per parameter) would reach the machine's RAM (extrapolated, labelled so).
+    ``gradient_checkpointing``. Linear fits give the slope per depth step of each, and the fitted lines
+    say at how many blocks per stack the peak RSS plus AdamW's moments (8 B per parameter) would reach
+    the machine's RAM (extrapolated, labelled so).
+overhead: the recompute overhead as a ratio measured in one process: the same model's steps alternate
+    between checkpointing off and on, so both see the same load on a shared machine.
 goal: the model a user would train (2 x ``--goal-layers`` blocks, H_cycles = L_cycles = 2, one-step
     gradient, checkpointing) runs ``--goal-steps`` AdamW steps on one repeated batch at each length;
     the losses show it trains, the process's peak RSS against length is fitted and extrapolated to RAM.
@@ -89,6 +92,26 @@ def goal_worker(spec: dict) -> dict:
                 checkpointed=all(block.gradient_checkpointing for block in model.model.reasoner.L.layers))
 
 
+def overhead_worker(spec: dict) -> dict:
+    """Recompute overhead in one process: the same model's steps alternate between checkpointing off and on,
+    so both see the same machine load; best of ``reps`` each."""
+    model = model_for(dict(spec, checkpointing=False))
+    ids = torch.randint(1, 256, (spec["batch"], spec["length"]), generator=torch.Generator().manual_seed(0))
+    times = {"plain": [], "checkpointed": []}
+    for _ in range(spec["reps"] + 1):  # the first round warms up
+        for mode in times:
+            if mode == "checkpointed":
+                model.activation_checkpointing_enable()
+            else:
+                model.activation_checkpointing_disable()
+            start = time.perf_counter()
+            model(input_ids=ids, labels=ids).loss.backward()
+            model.zero_grad(set_to_none=True)
+            times[mode].append(time.perf_counter() - start)
+    best = {mode: min(values[1:]) for mode, values in times.items()}
+    return dict(step_s=best, step_s_all=times, time_ratio=best["checkpointed"] / best["plain"])
+
+
 def linear_fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
     """Least-squares (intercept, slope) of y = intercept + slope * x."""
     mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
@@ -108,7 +131,7 @@ def table(headers: list[str], rows: list[list]) -> str:
 
 
 def bench_depth(args) -> dict:
-    """Every (checkpointing, depth) point, then the per-mode fits and the recompute overhead."""
+    """Every (checkpointing, depth) point, then the per-mode fits."""
     points = {"plain": [], "checkpointed": []}
     for mode in points:
         for depth in args.depths:
@@ -133,9 +156,20 @@ def bench_depth(args) -> dict:
             step_exponent=loglog_slope(depths, [p["step_s"] for p in series]),
             parameters_per_block=per_block_params,
             depth_at_ram=(args.ram_bytes - intercept) / slope)  # extrapolated along the fitted line
-    overhead = [dict(depth=a["depth"], time_ratio=b["step_s"] / a["step_s"], peak_ratio=b["peak_bytes"] / a["peak_bytes"])
-                for a, b in zip(points["plain"], points["checkpointed"])]
-    return dict(points=points, fits=fits, overhead=overhead)
+    return dict(points=points, fits=fits)
+
+
+def bench_overhead(args) -> dict:
+    """The recompute overhead, plain and checkpointed steps interleaved in one process per depth."""
+    points = []
+    for depth in args.overhead_depths:
+        spec = dict(kind="overhead", hidden=args.hidden, depth=depth, cycles=1, batch=args.batch,
+                    length=args.overhead_length, reps=args.overhead_reps, threads=args.threads)
+        point = dict(depth=depth, load=os.getloadavg()[0], **run_worker(__file__, spec))
+        points.append(point)
+        print(f"[overhead] {depth} blocks/stack: plain {point['step_s']['plain']:.2f} s, checkpointed "
+              f"{point['step_s']['checkpointed']:.2f} s, ratio {point['time_ratio']:.2f}", flush=True)
+    return dict(points=points)
 
 
 def bench_goal(args) -> dict:
@@ -157,26 +191,40 @@ def bench_goal(args) -> dict:
 
 def report(results: dict, args) -> None:
     """The markdown tables of docs/benchmarks.md's "Very deep stacks"."""
-    if "depth" not in results:
-        return report_goal(results, args)
-    depth = results["depth"]
+    if "depth" in results:
+        report_depth(results["depth"], args)
+    report_overhead(results, args)
+    report_goal(results, args)
+
+
+def report_depth(depth: dict, args) -> None:
     rows = []
-    for plain, checkpointed, overhead in zip(depth["points"]["plain"], depth["points"]["checkpointed"], depth["overhead"]):
+    for plain, checkpointed in zip(depth["points"]["plain"], depth["points"]["checkpointed"]):
         rows.append([plain["depth"], f"{plain['parameters'] / 1e6:.1f}",
                      f"{plain['peak_bytes'] / MIB:.0f}", f"{checkpointed['peak_bytes'] / MIB:.0f}",
                      f"{plain['peak_rss_bytes'] / MIB:.0f}", f"{checkpointed['peak_rss_bytes'] / MIB:.0f}",
-                     f"{plain['step_s']:.2f}", f"{checkpointed['step_s']:.2f}", f"{overhead['time_ratio']:.2f}"])
+                     f"{plain['step_s']:.2f}", f"{checkpointed['step_s']:.2f}",
+                     f"{plain.get('load', float('nan')):.1f} / {checkpointed.get('load', float('nan')):.1f}"])
     print(f"\nHierMambaForCausalLM hidden {args.hidden}, mamba2, H_cycles = L_cycles = 1, b={args.batch}, "
           f"l={args.length}; one forward + backward per point, fresh process each")
     print(table(["blocks per stack", "params (M)", "peak alloc MiB", "peak alloc MiB (ckpt)", "peak RSS MiB",
-                 "peak RSS MiB (ckpt)", "step s", "step s (ckpt)", "ckpt time ratio"], rows))
+                 "peak RSS MiB (ckpt)", "step s", "step s (ckpt)", "load avg (plain / ckpt)"], rows))
     fit_rows = [[mode, f"{f['peak_bytes_per_block'] / MIB:.1f}", f"{f['peak_exponent']:.2f}",
                  f"{f['rss_with_adam_per_block'] / MIB:.1f}", f"{f['step_s_per_block']:.3f}", f"{f['step_exponent']:.2f}",
                  f"~{f['depth_at_ram']:.0f} (extrapolated)"] for mode, f in depth["fits"].items()]
     print(f"\nLinear fits over {args.depths} blocks per stack; RAM {args.ram_bytes / 2**30:.1f} GiB")
-    print(table(["mode", "peak alloc MiB / block", "log-log exponent", "peak RSS + AdamW MiB / block", "s / block",
-                 "time exponent", "blocks per stack at RAM"], fit_rows))
-    report_goal(results, args)
+    print("(per depth step: one more block in H and one in L)")
+    print(table(["mode", "peak alloc MiB / depth step", "log-log exponent", "peak RSS + AdamW MiB / depth step",
+                 "s / depth step", "time exponent", "blocks per stack at RAM"], fit_rows))
+
+
+def report_overhead(results: dict, args) -> None:
+    if "overhead" in results:
+        print(f"\nRecompute overhead, steps alternating plain / checkpointed in one process, l={args.overhead_length}, "
+              f"best of {args.overhead_reps}")
+        print(table(["blocks per stack", "step s", "step s (ckpt)", "ckpt time ratio", "load"],
+                    [[p["depth"], f"{p['step_s']['plain']:.2f}", f"{p['step_s']['checkpointed']:.2f}",
+                      f"{p['time_ratio']:.2f}", f"{p['load']:.1f}"] for p in results["overhead"]["points"]]))
 
 
 def report_goal(results: dict, args) -> None:
@@ -231,7 +279,7 @@ def plot(results: dict, path: Path, ram: int) -> None:
 def worker(spec: dict) -> dict:
     """One point in this fresh process (``bench_depth.py memory-worker '<json spec>'``, via run_worker)."""
     torch.set_num_threads(spec["threads"])
-    return depth_worker(spec) if spec["kind"] == "depth" else goal_worker(spec)
+    return {"depth": depth_worker, "goal": goal_worker, "overhead": overhead_worker}[spec["kind"]](spec)
 
 
 def main() -> None:
@@ -245,9 +293,14 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=1024, help="sequence length of the depth sweep")
     parser.add_argument("--reps", type=int, default=2, help="timed steps per depth point (after one warm-up)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--overhead-depths", type=int, nargs="+", default=[4, 16])
+    parser.add_argument("--overhead-length", type=int, default=512)
+    parser.add_argument("--overhead-reps", type=int, default=3, help="timed rounds (plain, checkpointed) per depth")
     parser.add_argument("--goal-layers", type=int, default=50, help="blocks per stack of the goal model")
-    parser.add_argument("--sections", nargs="+", choices=["depth", "goal"], default=["depth", "goal"],
-                        help="what to run; with --json, the sections not run are kept from that file")
+    parser.add_argument("--sections", nargs="*", choices=["depth", "overhead", "goal"],
+                        default=["depth", "overhead", "goal"],
+                        help="what to run; with --json, the sections not run are kept from that file (none: "
+                             "only print the tables and plot from --json)")
     parser.add_argument("--goal-lengths", type=int, nargs="+", default=[1024, 4096])
     parser.add_argument("--goal-steps", type=int, default=3)
     parser.add_argument("--json", type=Path, help="write the results here")
@@ -261,7 +314,7 @@ def main() -> None:
     start = time.perf_counter()
     results = json.loads(args.json.read_text()) if args.json and args.json.exists() else {}  # other sections kept
     results["args"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    for section, bench in (("depth", bench_depth), ("goal", bench_goal)):
+    for section, bench in (("depth", bench_depth), ("overhead", bench_overhead), ("goal", bench_goal)):
         if section in args.sections:
             results[section] = bench(args)
             if args.json:  # after each section, so a long run keeps what it measured
