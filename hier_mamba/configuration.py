@@ -232,6 +232,16 @@ class HierMambaConfig(PreTrainedConfig):
             return self.num_invocations * self.L_layers
         return self.H_cycles * (self.L_cycles * self.L_layers + self.H_layers)
 
+    @property
+    def layer_types(self) -> list[str] | None:
+        """``"linear_attention"`` per cache slot (``num_hidden_layers`` entries), as ``Mamba2Config`` declares.
+
+        Derived, not saved. transformers reads it to tell recurrent (padding-sensitive) layers from attention ones.
+        None while the layer counts are invalid, so that ``validate_fields`` is the check that names the bad field.
+        """
+        count = self.num_hidden_layers
+        return ["linear_attention"] * count if isinstance(count, int) and count > 0 else None
+
     # validation ------------------------------------------------------------------------------
     def validate_fields(self) -> None:
         """Raise ``ValueError`` naming the first invalid field."""

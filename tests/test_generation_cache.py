@@ -25,6 +25,9 @@ def test_cache_is_a_linear_transformers_cache():
     assert len(cache) == model.config.num_hidden_layers and all(cache.is_linear)
     assert not cache.is_compileable and not cache.is_croppable
     assert cache.get_seq_length() == 5
+    # one recurrent ("linear_attention") layer type per slot, as Mamba2Config declares; derived, not saved
+    assert model.config.layer_types == ["linear_attention"] * len(cache)
+    assert "layer_types" not in model.config.to_dict()
 
 
 @pytest.mark.parametrize("mixer", ["mamba1", "mamba2"])

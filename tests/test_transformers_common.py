@@ -2,17 +2,17 @@
 HierMambaForCausalLM, with a tester laid out like transformers' tests/models/mamba2 test file.
 
 The mixins are not part of this repository: ``python tests/fetch_transformers_tests.py`` downloads them
-(the transformers sdist, plus the repository files it lacks) into build/transformers-tests. Without that
-folder (or with HIER_MAMBA_TRANSFORMERS_TESTS pointing nowhere) this module skips. Skips below are the ones
-transformers' Mamba2 test file makes, or name their reason.
+(the transformers sdist, plus the repository files it lacks with ``--repository``) into build/transformers-tests.
+Without that folder (or with HIER_MAMBA_TRANSFORMERS_TESTS pointing nowhere) this module skips. Skips below are
+the ones transformers' Mamba2 test file makes, or name their reason. Run next to transformers' own Mamba2 test
+file (same commit), the tests this model skips but Mamba2 passes are: the five static-cache / fullgraph-compiled
+generate tests (``_can_compile_fullgraph = False``: generation keeps its states in a HierMambaCache, never in a
+StaticCache) and test_bc_cache_name_forward (it only runs on a DynamicCache, for the renamed cache argument).
 """
 
 from __future__ import annotations
 
-import importlib
 import os
-import sys
-import types
 import unittest
 from unittest import mock
 from pathlib import Path
@@ -20,8 +20,11 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+from transformers.cache_utils import LinearAttentionCacheLayerMixin
 
+from fetch_transformers_tests import import_downloaded  # tests/fetch_transformers_tests.py
 from hier_mamba import HierMambaConfig, HierMambaForCausalLM, HierMambaModel
+from hier_mamba.cache import HierMambaCache
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(os.environ.get("HIER_MAMBA_TRANSFORMERS_TESTS",
@@ -32,12 +35,8 @@ if not (TESTS / "test_modeling_common.py").exists():
 
 
 def _import(name: str):
-    """Import a module of the downloaded tests as the package ``transformers_tests`` (its relative imports work)."""
-    if "transformers_tests" not in sys.modules:
-        package = types.ModuleType("transformers_tests")
-        package.__path__ = [str(TESTS)]
-        sys.modules["transformers_tests"] = package
-    return importlib.import_module(f"transformers_tests.{name}")
+    """Import a module of the downloaded tests (see fetch_transformers_tests.import_downloaded)."""
+    return import_downloaded(TESTS, name)
 
 
 try:
@@ -47,7 +46,6 @@ try:
 except Exception as error:  # a downloaded file importing something this environment lacks
     pytest.skip(f"transformers' common tests do not import: {type(error).__name__}: {error}", allow_module_level=True)
 
-GENERATION_AVAILABLE = not getattr(generation, "HIER_MAMBA_PLACEHOLDER", False)
 CONFIG_KWARGS_AVAILABLE = not getattr(_import("utils.test_configuration_utils"), "HIER_MAMBA_PLACEHOLDER", False)
 
 
@@ -87,6 +85,9 @@ class HierMambaModelTest(common.ModelTesterMixin, generation.GenerationTesterMix
     has_attentions = False  # no attention (as transformers' Mamba2 test)
     test_missing_keys = False
     test_torch_exportable = False  # the cycle loop is Python control flow over modules; not an export target yet
+    # The test skips models whose source has no "# Copyright <year>" header of 2023 or later (transformers' old
+    # models); this package's files have none, so it is asked to run (it does for transformers' Mamba2).
+    test_can_init_all_missing_weights_before_2023 = True
 
     def setUp(self):
         # What transformers' auto mappings would hold if the model lived there: the tests read them to give the
@@ -97,8 +98,10 @@ class HierMambaModelTest(common.ModelTesterMixin, generation.GenerationTesterMix
             patcher.start()
             self.addCleanup(patcher.stop)
         self.model_tester = HierMambaModelTester(self)
+        # hidden_size=37 (transformers' usual odd width) needs a head_dim dividing expand * 37 = 74
         self.config_tester = configuration.ConfigTester(
-            self, config_class=HierMambaConfig, hidden_size=37, common_properties=["hidden_size", "num_hidden_layers"])
+            self, config_class=HierMambaConfig, hidden_size=37, head_dim=37,
+            common_properties=["hidden_size", "num_hidden_layers"])
 
     def test_config(self):
         if not CONFIG_KWARGS_AVAILABLE:
@@ -108,4 +111,40 @@ class HierMambaModelTest(common.ModelTesterMixin, generation.GenerationTesterMix
     @unittest.skip(reason="A large model would be necessary (and costly) for that (as transformers' Mamba2 test)")
     def test_multi_gpu_data_parallel_forward(self):
         pass
+
+    # HierMambaCache's slots are transformers linear-attention cache layers of this package's class (MixerStateLayer):
+    # the mixin's cache checks test ``type(layer) is LinearAttentionLayer`` and read any other class as an attention
+    # layer (keys/values). The checks below are the mixin's linear-attention checks for that class; the state shapes
+    # are overridden as transformers' Mamba2 test overrides them.
+    def _get_conv_state_shape(self, batch_size: int, config):
+        """(b, conv channels, conv_kernel - 1): the mixers keep the last w - 1 conv inputs."""
+        groups = 2 * config.n_groups * config.state_size if config.mixer == "mamba2" else 0  # B and C
+        channels = config.intermediate_size + groups
+        return (batch_size, channels, config.conv_kernel - 1)
+
+    def _get_recurrent_state_shape(self, batch_size: int, config):
+        if config.mixer == "mamba2":
+            return (batch_size, config.num_heads, config.head_dim, config.state_size)
+        return (batch_size, config.intermediate_size, config.state_size)
+
+    def _check_past_key_values_for_generate(self, batch_size, past_key_values, seq_length, config):
+        self.assertIsInstance(past_key_values, HierMambaCache)
+        config = config.get_text_config(decoder=True)
+        self.assertEqual(config.num_hidden_layers, len(past_key_values))
+        for layer in past_key_values.layers:
+            self.assertIsInstance(layer, LinearAttentionCacheLayerMixin)
+            self.assertEqual(layer.number_of_states, 1)
+            self.assertEqual(layer.conv_states[0].shape, self._get_conv_state_shape(batch_size, config))
+            self.assertEqual(layer.recurrent_states[0].shape, self._get_recurrent_state_shape(batch_size, config))
+
+    def _check_caches_are_equal(self, cache1, cache2):
+        self.assertIsInstance(cache1, HierMambaCache)
+        self.assertIsInstance(cache2, HierMambaCache)
+        self.assertEqual(len(cache1), len(cache2))
+        for layer1, layer2 in zip(cache1.layers, cache2.layers):
+            self.assertEqual(type(layer1), type(layer2))
+            self.assertEqual(layer1.number_of_states, layer2.number_of_states)
+            for i in range(layer1.number_of_states):
+                torch.testing.assert_close(layer1.conv_states[i], layer2.conv_states[i])
+                torch.testing.assert_close(layer1.recurrent_states[i], layer2.recurrent_states[i])
 
