@@ -566,6 +566,7 @@ def main() -> None:
     parser.add_argument("--model-reps", type=int, default=5, help="model: interleaved timed rounds")
     parser.add_argument("--no-model-eager", dest="model_eager", action="store_false",
                         help="model: leave out transformers' eager Mamba1 (one step takes minutes)")
+    parser.add_argument("--model-parts", action="store_true", help="model: also time each part of one of our blocks")
     parser.add_argument("--plots", type=Path, help="folder for bench_*.png / credit_cost.png (e.g. docs/img)")
     parser.add_argument("--json", type=Path, help="write all results to this JSON file")
     args = parser.parse_args()
@@ -577,7 +578,8 @@ def main() -> None:
     print(f"# {' '.join(sys.argv)}\n# {machine(device)}; torch {torch.__version__}, transformers "
           f"{transformers.__version__}, python {platform.python_version()}", flush=True)
     benches = {"mixer": bench_mixer, "decode": bench_decode, "memory": bench_memory, "credit": bench_credit,
-               "onestep": bench_onestep, "model": lambda args, device: bench_model(args, device, table)}
+               "onestep": bench_onestep,
+               "model": lambda args, device: bench_model(args, device, table)}
     results = {}
     for section in list(benches) if args.section == "all" else [args.section]:
         start = time.perf_counter()

@@ -17,6 +17,8 @@ as its elementwise work per (token, channel, state) (forward 7: Delta A, exp, De
 multiply-add, the read-out's multiply-add; backward counted as twice the forward). Norms, conv, gates and the
 loss are left out, so achieved FLOP/s is a lower bound. The machine's fp32 GEMM FLOP/s is measured in the same
 rounds (torch.mm of the model's largest projection and of 1024^3), best of all.
+
+``--model-parts`` also times each part of one of our blocks (:func:`part_timings`), forward + backward.
 """
 
 from __future__ import annotations
@@ -154,5 +156,65 @@ def bench_model(args, device, table) -> dict:
         ratios[f"{ours} / {peer}"] = results[peer]["best_s"] / results[ours]["best_s"]
         print(f"{ours} vs {peer}: {ratios[f'{ours} / {peer}']:.2f}x (best); "
               f"{results[peer]['median_s'] / results[ours]['median_s']:.2f}x (median)")
-    return dict(results=results, ratios=ratios, machine_gemm_flops=machine_flops, gemm_rounds=gemm,
+    parts = {}
+    if args.model_parts:  # where one of our blocks spends its training time
+        parts = {kind: part_timings(kind, b, l, args.model_reps, device) for kind in STATE}
+        names = list(dict.fromkeys(name for timing in parts.values() for name in timing))
+        print(f"\nours, one block, forward + backward, ms (best of {args.model_reps}); rest = block - parts")
+        print(table(["part", *parts], [[name, *(f"{parts[k][name]:.1f}" if name in parts[k] else "" for k in parts)]
+                                       for name in names]))
+    return dict(results=results, ratios=ratios, machine_gemm_flops=machine_flops, gemm_rounds=gemm, parts=parts,
                 batch=b, length=l, threads=torch.get_num_threads())
+
+
+def part_timings(kind: str, batch: int, length: int, reps: int, device) -> dict:
+    """ms of forward + backward of each part of one of our blocks at the model's sizes (best of ``reps``), and of
+    the whole block; "rest" = block - parts (splits, reshapes, residual, gradient accumulation)."""
+    from hier_mamba.blocks import Block
+    from hier_mamba.ops import get_ops
+
+    config = models_config(kind)
+    block = Block(config).to(device)
+    mixer, ops = block.mixer, get_ops("torch", device)
+    A = -torch.exp(mixer.A_log.detach().float())
+
+    def leaf(*shape):
+        return torch.randn(*shape, device=device).requires_grad_()
+
+    def best_ms(fn, *inputs) -> float:
+        def run():
+            out = fn(*inputs)
+            out = out[0] if isinstance(out, tuple) else out
+            out.backward(torch.ones_like(out))
+        run()
+        return 1e3 * min(timed(run, device) for _ in range(reps))
+
+    b, l, d, e = batch, length, HIDDEN, mixer.d_inner
+    parts = {"pre-norm RMSNorm": best_ms(block.norm, leaf(b, l, d)), "in_proj": best_ms(mixer.in_proj, leaf(b, l, d))}
+    if kind == "mamba2":
+        conv_in = leaf(b, l, mixer.conv_dim).transpose(1, 2)  # the mixer's layout: a view of (b, l, c)
+        parts["conv + SiLU"] = best_ms(lambda x: ops.conv(x, mixer.conv1d.weight.squeeze(1), mixer.conv1d.bias)[0],
+                                       conv_in)
+        n = config.state_size
+        parts["SSD scan (+ D)"] = best_ms(
+            lambda x, dt, B, C: ops.ssd(x, dt, A, B, C, CHUNK, D=mixer.D, dt_bias=mixer.dt_bias)[0],
+            leaf(b, l, mixer.heads, HEAD_DIM), leaf(b, l, mixer.heads), leaf(b, l, 1, n), leaf(b, l, 1, n))
+        parts["gated RMSNorm"] = best_ms(mixer.norm, leaf(b, l, e), leaf(b, l, e))
+    else:
+        parts["conv + SiLU"] = best_ms(lambda x: ops.conv(x, mixer.conv1d.weight.squeeze(1), mixer.conv1d.bias)[0],
+                                       leaf(b, l, 2 * e).transpose(1, 2)[:, :e])
+        parts["x_proj + dt_proj"] = best_ms(
+            lambda x: mixer.dt_proj.weight @ mixer.x_proj(x)[..., :mixer.dt_rank].transpose(1, 2), leaf(b, l, e))
+        n = config.state_size
+        parts["selective scan (+ D, gate)"] = best_ms(
+            lambda u, dt, B, C, z: ops.selective_scan(u, dt, A, B, C, D=mixer.D, z=z, delta_bias=mixer.dt_proj.bias)[0],
+            leaf(b, e, l), leaf(b, e, l), leaf(b, n, l), leaf(b, n, l), leaf(b, e, l))
+    parts["out_proj"] = best_ms(mixer.out_proj, leaf(b, l, e))
+    total = best_ms(lambda x: block(x)[0], leaf(b, l, d))
+    return dict(parts, **{"rest": total - sum(parts.values()), "block": total})
+
+
+def models_config(kind: str) -> HierMambaConfig:
+    """The block configuration of ``ours <kind>`` in :func:`models`."""
+    return HierMambaConfig(hidden_size=HIDDEN, mixer=kind, state_size=STATE[kind], expand=EXPAND, conv_kernel=CONV,
+                           head_dim=HEAD_DIM, n_groups=1, chunk_size=CHUNK, ssm_backend="torch")
