@@ -122,22 +122,21 @@ def encode_documents(corpus: Corpus, tokenizer: PreTrainedTokenizerBase, desc: s
     pieces: list[torch.Tensor] = []
     batch: list[str] = []
 
-    def flush() -> None:
+    def flush(progress: tqdm) -> None:
         for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]:
             if pieces:
                 pieces.append(separator)
             pieces.append(torch.tensor(ids, dtype=torch.int32))
+        progress.update(len(batch))
         batch.clear()
 
     with tqdm(total=corpus.count, desc=desc, unit="doc") as progress:
         for document in corpus.documents:
             batch.append(document)
             if len(batch) == ENCODE_BATCH:
-                progress.update(len(batch))
-                flush()
-        progress.update(len(batch))
+                flush(progress)
         if batch:
-            flush()
+            flush(progress)
     if not pieces:
         raise ValueError("the text corpus is empty")
     return torch.cat(pieces)
