@@ -113,6 +113,12 @@ class HierMambaPreTrainedModel(PreTrainedModel):
         config.validate_fields()  # again: a field set after the config was built (e.g. head_dim) fails here, named
         super().__init__(config, *args, **kwargs)
 
+    def post_init(self) -> None:
+        """transformers' post_init, then only the fp32 names this model has (a mamba1 mixer has no dt_bias)."""
+        super().post_init()
+        present = {name.rsplit(".", 1)[-1] for name, _ in self.named_parameters()}
+        self._keep_in_fp32_modules_strict -= set(FP32_PARAMETERS) - present
+
     def _init_weights(self, module: nn.Module) -> None:
         """Linear normal(initializer_range); Embedding normal(config.embedding_init_std: HRM's 1/sqrt(d)
         by default, the forward multiplies by sqrt(d)); mixers as mamba_ssm's Mamba/Mamba2 (S4D-real A,

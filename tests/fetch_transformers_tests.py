@@ -15,13 +15,14 @@
 Verified (transformers 5.24.0, torch 2.13.0+cpu, CPU): the repository files at commit
 decba1d2ea4ed3cbf0495d1828abad4b2dba1846 (2026-08-19, 5.16.0.dev0; the v5.24.0 tag's files were not reachable;
 blobs: generation/test_utils.py 6c2b23fe, exporters/test_export.py 10c10d3d, utils/test_configuration_utils.py
-f12e873d) with the 5.24.0 sdist. ``pytest tests/test_transformers_common.py``: 106 passed, 136 skipped, 0 failed;
-per test function (one whose every subtest skips counted as skipped; 232 in all), passed / skipped:
-ModelTesterMixin 75 / 85, GenerationTesterMixin 25 / 27, ExportTesterMixin 0 / 6, ExportGenerateTesterMixin 0 / 12,
-ConfigTester 1 / 0, the Mamba2-style multi-GPU skip 0 / 1. transformers' own Mamba2 test file from the same
-commit, against the same install: 111 passed, 142 skipped, 2 failed (test_generate_continue_from_past_key_values
-and _from_inputs_embeds, which pass here). CI cannot reach GitHub, so there it runs without ``--repository``:
-the generation and config tests skip, ModelTesterMixin runs (75 / 85 per function; pytest: 80 passed).
+f12e873d) with the 5.24.0 sdist. ``pytest tests/test_transformers_common.py``: 212 passed, 272 skipped, 0 failed;
+per test function (one whose every subtest skips counted as skipped; 232 in all) and per mixer (mamba2, mamba1:
+the same counts), passed / skipped: ModelTesterMixin 75 / 85, GenerationTesterMixin 25 / 27, ExportTesterMixin
+0 / 6, ExportGenerateTesterMixin 0 / 12, ConfigTester 1 / 0, the Mamba2-style multi-GPU skip 0 / 1. transformers'
+own Mamba2 test file from the same commit, against the same install: 111 passed, 142 skipped, 2 failed
+(test_generate_continue_from_past_key_values and _from_inputs_embeds, which pass here). CI cannot reach GitHub,
+so there it runs without ``--repository``: the generation and config tests skip, ModelTesterMixin runs (75 / 85
+per function and mixer; pytest: 160 passed).
 
 Nothing is copied into this repository. Exits 0 even when offline (the tests then skip); prints what it got.
 """

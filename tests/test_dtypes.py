@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from hier_mamba import HierMambaConfig, HierMambaForCausalLM
+from hier_mamba import HierMambaConfig, HierMambaForCausalLM, HierMambaModel
 from hier_mamba.mixers import FP32_PARAMETERS
 
 
@@ -37,6 +37,16 @@ def test_from_pretrained_bf16_keeps_ssm_parameters_fp32(mixer, tmp_path):
             assert torch.equal(parameter, original[name]), f"{name} lost precision"
     with torch.no_grad():
         assert torch.isfinite(loaded(torch.randint(0, 40, (2, 12))).logits).all()
+
+
+@pytest.mark.parametrize("mixer", ["mamba1", "mamba2"])
+def test_keep_in_fp32_names_exist(mixer):
+    """Every name in _keep_in_fp32_modules_strict is a parameter of the model (mamba1 has no dt_bias)."""
+    for model in (HierMambaModel(tiny(mixer)), HierMambaForCausalLM(tiny(mixer))):
+        leaves = {name.rsplit(".", 1)[-1] for name, _ in model.named_parameters()}
+        assert model._keep_in_fp32_modules_strict
+        assert model._keep_in_fp32_modules_strict <= leaves, model._keep_in_fp32_modules_strict - leaves
+    assert ("dt_bias" in model._keep_in_fp32_modules_strict) == (mixer == "mamba2")
 
 
 @pytest.mark.parametrize("low", [torch.bfloat16, torch.float16])

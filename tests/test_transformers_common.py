@@ -53,17 +53,17 @@ class HierMambaModelTester:
     """Tiny configs and inputs, as transformers' Mamba2ModelTester builds them."""
 
     def __init__(self, parent, batch_size=4, seq_length=7, vocab_size=99, hidden_size=32, head_dim=16,
-                 state_size=8, chunk_size=4, is_training=True, use_labels=True):
+                 state_size=8, chunk_size=4, is_training=True, use_labels=True, mixer="mamba2"):
         self.parent = parent
         self.batch_size, self.seq_length, self.vocab_size = batch_size, seq_length, vocab_size
         self.hidden_size, self.head_dim, self.state_size, self.chunk_size = hidden_size, head_dim, state_size, chunk_size
-        self.is_training, self.use_labels = is_training, use_labels
+        self.is_training, self.use_labels, self.mixer = is_training, use_labels, mixer
         self.pad_token_id = self.bos_token_id = self.eos_token_id = vocab_size - 1
         self.num_hidden_layers = self.get_config().num_hidden_layers
 
     def get_config(self) -> HierMambaConfig:
         return HierMambaConfig(
-            vocab_size=self.vocab_size, hidden_size=self.hidden_size, head_dim=self.head_dim,
+            vocab_size=self.vocab_size, hidden_size=self.hidden_size, head_dim=self.head_dim, mixer=self.mixer,
             state_size=self.state_size, chunk_size=self.chunk_size, H_layers=1, L_layers=1, H_cycles=1,
             L_cycles=1, use_cache=True, pad_token_id=self.pad_token_id, bos_token_id=self.bos_token_id,
             eos_token_id=self.eos_token_id, tie_word_embeddings=True,
@@ -82,6 +82,7 @@ class HierMambaModelTester:
 
 class HierMambaModelTest(common.ModelTesterMixin, generation.GenerationTesterMixin, unittest.TestCase):
     all_model_classes = (HierMambaModel, HierMambaForCausalLM)
+    mixer = "mamba2"
     has_attentions = False  # no attention (as transformers' Mamba2 test)
     test_missing_keys = False
     test_torch_exportable = False  # the cycle loop is Python control flow over modules; not an export target yet
@@ -97,7 +98,7 @@ class HierMambaModelTest(common.ModelTesterMixin, generation.GenerationTesterMix
             patcher = mock.patch.dict(mapping, {"hier_mamba": name})
             patcher.start()
             self.addCleanup(patcher.stop)
-        self.model_tester = HierMambaModelTester(self)
+        self.model_tester = HierMambaModelTester(self, mixer=self.mixer)
         # hidden_size=37 (transformers' usual odd width) needs a head_dim dividing expand * 37 = 74
         self.config_tester = configuration.ConfigTester(
             self, config_class=HierMambaConfig, hidden_size=37, head_dim=37,
@@ -148,3 +149,8 @@ class HierMambaModelTest(common.ModelTesterMixin, generation.GenerationTesterMix
                 torch.testing.assert_close(layer1.conv_states[i], layer2.conv_states[i])
                 torch.testing.assert_close(layer1.recurrent_states[i], layer2.recurrent_states[i])
 
+
+class HierMambaMamba1ModelTest(HierMambaModelTest):
+    """The same tests with mamba1 mixers (another cache state shape, no dt_bias)."""
+
+    mixer = "mamba1"
