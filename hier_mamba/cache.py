@@ -20,6 +20,17 @@ from transformers.cache_utils import Cache, LinearAttentionCacheLayerMixin
 from .mixers import MixerState
 
 
+def row_major(t: torch.Tensor) -> torch.Tensor:
+    """t with row-major strides, size-1 dims included (a copy only when they differ). A prefill's final states can
+    carry any stride on a size-1 batch dim; the steps' states are row-major, and a compiled step
+    (``compile_decoding``) specializes on strides: one layout means one compilation, not two."""
+    strides, running = [], 1
+    for size in reversed(t.shape):
+        strides.append(running)
+        running *= size
+    return t if t.stride() == tuple(reversed(strides)) else t.clone(memory_format=torch.contiguous_format)
+
+
 class MixerStateLayer(LinearAttentionCacheLayerMixin):
     """One cache slot: ``conv_states[0]`` (b, channels, conv_kernel - 1), ``recurrent_states[0]`` (the fp32 ssm state).
 
@@ -28,7 +39,7 @@ class MixerStateLayer(LinearAttentionCacheLayerMixin):
 
     def __init__(self, state: MixerState):
         super().__init__(number_of_states=1)
-        self.set_state(state)
+        self.set_state(MixerState(*(row_major(t) for t in state)))
 
     def set_state(self, state: MixerState) -> None:
         self.lazy_initialization(state.conv, state.ssm)
@@ -101,7 +112,10 @@ class HierMambaCache(Cache):
         if len(flat) != len(self.layers):
             raise ValueError(f"expected states for {len(self.layers)} slots, got {len(flat)}")
         for layer, state in zip(self.layers, flat):
-            layer.set_state(state)
+            if new_tokens == 1:  # a step: same shapes, dtype and device, only the tensors change
+                layer.conv_states[0], layer.recurrent_states[0] = state
+            else:  # a continued prefill: its states laid out as the constructor keeps them
+                layer.set_state(MixerState(*(row_major(t) for t in state)))
         self.seen_tokens += new_tokens
 
     def reset(self) -> None:

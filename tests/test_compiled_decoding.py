@@ -54,3 +54,18 @@ def test_compiled_step_runs_the_compiled_function_and_keeps_hidden_states():
     assert len(step.hidden_states) == len(full.hidden_states)
     for ours, reference in zip(step.hidden_states, full.hidden_states):
         torch.testing.assert_close(ours, reference[:, 8:], rtol=1e-4, atol=1e-5)
+
+
+def _row_major(t: torch.Tensor) -> bool:
+    return t.stride() == torch.empty(t.shape).stride()
+
+
+def test_cached_states_are_row_major_after_prefill_and_continuation():
+    """A compiled step specializes on strides: prefill states laid out like the step's keep it to one compilation."""
+    model = model_for(tiny())
+    ids = torch.randint(1, 50, (1, 13))
+    with torch.no_grad():
+        cache = model(ids[:, :7], use_cache=True).cache
+        assert all(_row_major(t) for layer in cache.layers for t in layer.state)
+        model(ids[:, 7:], cache=cache)  # a continued prefill of 6 tokens
+    assert all(_row_major(t) for layer in cache.layers for t in layer.state)
