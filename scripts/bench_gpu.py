@@ -22,6 +22,10 @@ Triton kernels with torch convs (use_mem_eff_path=False): the "path" column says
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: idle threads sleep (hier_mamba/threads.py)
+
 import argparse
 import contextlib
 import importlib.util

@@ -18,6 +18,10 @@ Measures (all above the pre-step baseline, parameters excluded where it matters)
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: idle threads sleep (hier_mamba/threads.py)
+
 import itertools
 import json
 import math

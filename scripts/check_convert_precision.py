@@ -9,6 +9,10 @@ A few minutes on 2 CPU cores (the float64 reference runs transformers' slow torc
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: idle threads sleep (hier_mamba/threads.py)
+
 import argparse
 import copy
 

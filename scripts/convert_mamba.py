@@ -9,6 +9,10 @@ With the default one H and one L cycle the result computes the source's logits; 
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: idle threads sleep (hier_mamba/threads.py)
+
 import argparse
 import json
 import logging

@@ -10,6 +10,10 @@ segment count N: ``max_steps`` (exactly N segments) and ``q_halt`` (the Q-head h
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: idle threads sleep (hier_mamba/threads.py)
+
 import argparse
 import json
 from pathlib import Path
@@ -18,6 +22,7 @@ import yaml
 
 from hier_mamba.tasks import puzzle
 from hier_mamba.tasks.puzzle_eval import evaluate_checkpoint
+from hier_mamba.threads import fit_threads
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -28,6 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--limit", type=int, help="evaluate only the first N test puzzles")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: the cores free at start)")
     args = parser.parse_args(argv)
     if any(count < 1 for count in args.segments):
         parser.error(f"--segments must be positive, got {args.segments}")
@@ -36,6 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    fit_threads(args.threads)
     config = yaml.safe_load(args.config.read_text())
     _, test_set = puzzle.build_datasets(config["data"], int(config.get("seed", 0)))
     results = {**evaluate_checkpoint(args.model, test_set, args.segments, args.batch_size, args.limit),

@@ -14,6 +14,10 @@ scripts/plot_results.py to turn them into tables and PNGs.
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: idle threads sleep (hier_mamba/threads.py)
+
 import argparse
 import copy
 import json

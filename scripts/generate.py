@@ -10,6 +10,10 @@ the byte tokenizer.
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: idle threads sleep (hier_mamba/threads.py)
+
 import argparse
 import logging
 from pathlib import Path
@@ -17,6 +21,7 @@ from pathlib import Path
 from transformers import AutoModelForCausalLM, set_seed
 
 from hier_mamba.tasks.lm import sample
+from hier_mamba.threads import fit_threads
 from hier_mamba.tokenization import load_tokenizer
 
 logger = logging.getLogger("generate")
@@ -31,7 +36,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--top-k", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: the cores free at start)")
     args = parser.parse_args(argv)
+    fit_threads(args.threads)
 
     set_seed(args.seed)
     model = AutoModelForCausalLM.from_pretrained(args.model).eval()

@@ -12,6 +12,10 @@ can be checked, so the checker halts instead of the Q-head. It prints that grid 
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: idle threads sleep (hier_mamba/threads.py)
+
 import argparse
 
 import numpy as np
@@ -20,6 +24,7 @@ from transformers import AutoModelForTokenClassification
 
 import hier_mamba  # noqa: F401  (registers the Auto* classes)
 from hier_mamba.data import sudoku
+from hier_mamba.threads import fit_threads
 
 HELD_OUT = "369.84.27.1.7369.8587...4..7..8..6.21.8267395.2..95784.3145.2.6..6.12549.54.7983."  # test puzzle 0
 
@@ -48,7 +53,9 @@ def main() -> None:
     parser.add_argument("--model", default="models/sudoku-hiermamba", help="a save_pretrained directory")
     parser.add_argument("--puzzle", default=HELD_OUT, help="81 characters, '.' or '0' for blanks")
     parser.add_argument("--segments", type=int, default=8, help="ACT segments to run (test-time compute)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: the cores free at start)")
     args = parser.parse_args()
+    fit_threads(args.threads)
     puzzle = parse_puzzle(args.puzzle)
     model = AutoModelForTokenClassification.from_pretrained(args.model).eval()
     tokens = torch.as_tensor(sudoku.to_tokens(puzzle))[None]  # (1, 81)

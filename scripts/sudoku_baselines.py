@@ -13,6 +13,10 @@ On the test split of the config's data, prints the blank-cell ("target") and exa
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: idle threads sleep (hier_mamba/threads.py)
+
 import argparse
 from pathlib import Path
 

@@ -8,12 +8,17 @@ hier_mamba/tasks/run.py; the tasks' data keys in hier_mamba/tasks/lm.py and puzz
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: idle threads sleep (hier_mamba/threads.py)
+
 import argparse
 import logging
 from pathlib import Path
 
 from hier_mamba.tasks import get_task
 from hier_mamba.tasks.run import last_checkpoint, load_run_config, train_from_config
+from hier_mamba.threads import fit_threads
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -22,12 +27,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-steps", type=int, help="override training.max_steps")
     parser.add_argument("--output-dir", type=Path, help="override output_dir")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: the cores free at start)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    fit_threads(args.threads)
     config = load_run_config(args.config)
     output_dir = args.output_dir or Path(config.get("output_dir", f"runs/{args.config.stem}"))
     if args.resume:
