@@ -169,7 +169,7 @@ def bench_overhead(args) -> dict:
         points.append(point)
         print(f"[overhead] {depth} blocks/stack: plain {point['step_s']['plain']:.2f} s, checkpointed "
               f"{point['step_s']['checkpointed']:.2f} s, ratio {point['time_ratio']:.2f}", flush=True)
-    return dict(points=points)
+    return dict(points=points, length=args.overhead_length, reps=args.overhead_reps)
 
 
 def bench_goal(args) -> dict:
@@ -220,8 +220,9 @@ def report_depth(depth: dict, args) -> None:
 
 def report_overhead(results: dict, args) -> None:
     if "overhead" in results:
-        print(f"\nRecompute overhead, steps alternating plain / checkpointed in one process, l={args.overhead_length}, "
-              f"best of {args.overhead_reps}")
+        overhead = results["overhead"]
+        print(f"\nRecompute overhead, steps alternating plain / checkpointed in one process, l={overhead['length']}, "
+              f"best of {overhead['reps']}")
         print(table(["blocks per stack", "step s", "step s (ckpt)", "ckpt time ratio", "load"],
                     [[p["depth"], f"{p['step_s']['plain']:.2f}", f"{p['step_s']['checkpointed']:.2f}",
                       f"{p['time_ratio']:.2f}", f"{p['load']:.1f}"] for p in results["overhead"]["points"]]))
@@ -258,13 +259,20 @@ def plot(results: dict, path: Path, ram: int) -> None:
         reach = [2 ** (i / 4) for i in range(4 * (max(depths) * 4).bit_length() - 3)]  # 1 .. 4 * max, smooth on log x
         a1.plot(reach, [(fit["rss_with_adam_intercept"] + fit["rss_with_adam_per_block"] * d) / 2**30 for d in reach],
                 ls=":", color=a1.lines[-1].get_color(), label=f"{mode}: fitted line (extrapolation)")
-        a2.plot(depths, [p["step_s"] for p in series], marker=marker, label=mode)
+        a2.plot(depths, [p["step_s"] for p in series], marker=marker, label=f"{mode} (fresh process per point)")
+    if "overhead" in results:  # the interleaved one-process measurement: both modes under the same load
+        points = results["overhead"]["points"]
+        for mode, marker, color in zip(("plain", "checkpointed"), "os", ("C0", "C1")):
+            a2.plot([p["depth"] for p in points], [p["step_s"][mode] for p in points], marker=marker, ls="--", color=color,
+                    mfc="white",
+                    label=f"{mode} (interleaved in one process, l={results['overhead'].get('length', 512)})")
     a1.axhline(ram / 2**30, color="k", lw=0.8)
     a1.text(1, ram / 2**30, " RAM", va="bottom")
     a1.set(xscale="log", xlabel="blocks per stack (H and L)", ylabel="GiB", ylim=(0, ram / 2**30 * 1.3),
            title="Peak training memory")
     a2.set(xscale="log", yscale="log", xlabel="blocks per stack (H and L)", ylabel="s / step (fwd+bwd)",
            title="Step time")
+    a2.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ticks = [p["depth"] for p in depth["points"]["plain"]] + [max(depths) * 4]
     for ax in (a1, a2):
         ax.set_xticks(ticks, [str(t) for t in ticks])
@@ -313,7 +321,8 @@ def main() -> None:
           f"{args.ram_bytes / 2**30:.1f} GiB RAM; torch {torch.__version__}, {args.threads} threads", flush=True)
     start = time.perf_counter()
     results = json.loads(args.json.read_text()) if args.json and args.json.exists() else {}  # other sections kept
-    results["args"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    if args.sections:  # the arguments of the latest run that measured something
+        results["args"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     for section, bench in (("depth", bench_depth), ("overhead", bench_overhead), ("goal", bench_goal)):
         if section in args.sections:
             results[section] = bench(args)
