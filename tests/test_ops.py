@@ -192,3 +192,18 @@ def test_closed_form_chunk_state_passing_equals_the_loop():
         state = state * decay[:, :, None, :] + chunk_states[:, k]
     torch.testing.assert_close(entering, torch.stack(expected, dim=1))
     torch.testing.assert_close(final, state)
+
+
+def test_decayed_scores_node_equals_autograd_of_its_expression():
+    """ssd.DecayedScores (one autograd node) against CB * segment decay through autograd, and finite differences."""
+    from hier_mamba.ops.ssd import DecayedScores, _segment_decay
+
+    generator = torch.Generator().manual_seed(5)
+    CB = torch.randn(2, 3, 2, 5, 5, generator=generator, dtype=torch.float64, requires_grad=True)
+    cum = (-torch.rand(2, 3, 2, 4, 5, generator=generator, dtype=torch.float64)).cumsum(-1).requires_grad_()
+    ours = DecayedScores.apply(CB, cum)
+    expected = CB.unsqueeze(3) * _segment_decay(cum)
+    torch.testing.assert_close(ours, expected)
+    for g1, g2 in zip(_grads([ours], [CB, cum]), _grads([expected], [CB, cum])):
+        torch.testing.assert_close(g1, g2)
+    assert torch.autograd.gradcheck(DecayedScores.apply, (CB, cum))
