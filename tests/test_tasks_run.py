@@ -1,13 +1,16 @@
 """hier_mamba.tasks.run (scripts/train.py's library): a run saves the tokenizer with every checkpoint and the
 final model, which then load through AutoTokenizer and pipeline("text-generation"); a config may name its own
-tokenizer; --resume continues from the last checkpoint."""
+tokenizer; --resume continues from the last checkpoint; init_from starts from a saved (e.g. converted) model."""
 
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, pipeline
+import torch
+from transformers import (AutoModelForCausalLM, AutoTokenizer, Mamba2Config, Mamba2ForCausalLM, PreTrainedTokenizerFast,
+                          pipeline)
 
+from hier_mamba.convert import convert_mamba_checkpoint
 from hier_mamba.tasks import lm
-from hier_mamba.tasks.run import last_checkpoint, load_run_config, train_from_config
+from hier_mamba.tasks.run import build_model, last_checkpoint, load_run_config, train_from_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -78,3 +81,25 @@ def test_run_config_errors_name_the_bad_value(tmp_path):
     path.write_text("task: lm\ndata: [1, 2]\n")
     with pytest.raises(ValueError, match="data must be a mapping"):
         load_run_config(path)
+    path.write_text(f"task: lm\ninit_from: {tmp_path / 'nowhere'}\n")
+    with pytest.raises(ValueError, match="init_from=.*nowhere.* is not a save_pretrained folder"):
+        load_run_config(path)
+
+
+def test_a_run_starts_from_a_converted_mamba_with_raised_cycles(tmp_path):
+    # 1. A tiny random transformers Mamba2 over bytes, converted (2 layers: 1 in L, 1 in H).
+    torch.manual_seed(0)
+    source = Mamba2ForCausalLM(Mamba2Config(vocab_size=256, hidden_size=32, state_size=8, num_hidden_layers=2,
+                                            head_dim=16, num_heads=4, n_groups=1, chunk_size=8, eos_token_id=None))
+    source.save_pretrained(tmp_path / "mamba2")
+    convert_mamba_checkpoint(tmp_path / "mamba2", tmp_path / "hier", L_layers=1)
+    # 2. init_from loads those weights; the model section raises the cycles.
+    config = run_config(tmp_path)
+    config.update(init_from=str(tmp_path / "hier"), model={"H_cycles": 2, "L_cycles": 2})
+    model = build_model(config, lm.load_tokenizer(config["data"]))
+    assert (model.config.H_cycles, model.config.L_cycles, model.config.L_layers) == (2, 2, 1)
+    assert torch.equal(model.lm_head.weight, source.lm_head.weight)
+    # 3. It trains and the final model keeps the raised cycles.
+    run = train_from_config(config, tmp_path / "out")
+    assert run.global_step == 2 and run.reloaded.config.H_cycles == 2
+    assert not torch.equal(run.reloaded.lm_head.weight, source.lm_head.weight)

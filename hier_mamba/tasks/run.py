@@ -4,9 +4,14 @@ Config layout:
     task: lm | sudoku | maze       # the task module (hier_mamba.tasks)
     seed: 0
     output_dir: runs/NAME          # checkpoints; the final model goes to OUTPUT_DIR/final
-    model: {...}                   # HierMambaConfig keyword arguments
+    init_from: DIR                 # optional: start from a save_pretrained folder (e.g. scripts/convert_mamba.py's)
+    model: {...}                   # HierMambaConfig keyword arguments (with init_from: overrides, e.g. H_cycles)
     data: {...}                    # read by the task module
     training: {...}                # transformers.TrainingArguments keyword arguments
+
+With ``init_from`` the weights come from that folder, the ``model`` keys override its config (settings that
+change no parameter shape: cycles, bptt_steps, ...), and its tokenizer is used unless ``data.tokenizer``
+names another.
 
 :func:`train_from_config` builds the tokenizer, model and data, trains with HierMambaTrainer (the
 tokenizer is its ``processing_class``, so every checkpoint carries it), evaluates, saves the model
@@ -64,7 +69,29 @@ def load_run_config(path: str | Path) -> dict:
         config.setdefault(key, {})
         if not isinstance(config[key], dict):
             raise ValueError(f"{path}: {key} must be a mapping")
+    if "init_from" in config and not (Path(config["init_from"]) / "config.json").is_file():
+        raise ValueError(f"{path}: init_from={config['init_from']!r} is not a save_pretrained folder "
+                         "(no config.json there)")
     return config
+
+
+def build_model(config: dict, tokenizer: PreTrainedTokenizerBase | None) -> PreTrainedModel:
+    """The run's model: loaded from ``config["init_from"]`` with the ``model`` keys as overrides, else new."""
+    if "init_from" not in config:
+        return get_task(config["task"]).build_model(config["model"], tokenizer)
+    model = getattr(transformers, AUTO_CLASSES[config["task"]]).from_pretrained(config["init_from"], **config["model"])
+    if tokenizer is not None and len(tokenizer) > model.config.vocab_size:
+        raise ValueError(f"init_from={config['init_from']!r}: the model's vocab_size={model.config.vocab_size} is "
+                         f"smaller than the tokenizer's {len(tokenizer)} tokens")
+    return model
+
+
+def _data_config(config: dict) -> dict:
+    """The data section; with ``init_from``, its tokenizer (when it has one) unless the section names one."""
+    init_from = config.get("init_from")
+    if init_from and "tokenizer" not in config["data"] and (Path(init_from) / "tokenizer_config.json").is_file():
+        return {**config["data"], "tokenizer": str(init_from)}
+    return config["data"]
 
 
 def training_arguments(config: dict, output_dir: str | Path, max_steps: int | None = None) -> TrainingArguments:
@@ -113,9 +140,10 @@ def train_from_config(config: dict, output_dir: str | Path, max_steps: int | Non
 
     # 1. Tokenizer, model and data, from the seed.
     set_seed(seed)
-    tokenizer = task.load_tokenizer(config["data"])
-    model = task.build_model(config["model"], tokenizer)
-    train_dataset, eval_dataset = task.build_datasets(config["data"], seed, tokenizer)
+    data_cfg = _data_config(config)
+    tokenizer = task.load_tokenizer(data_cfg)
+    model = build_model(config, tokenizer)
+    train_dataset, eval_dataset = task.build_datasets(data_cfg, seed, tokenizer)
     logger.info("task %s: %.2fM parameters, %d train / %d eval examples", config["task"],
                 sum(p.numel() for p in model.parameters()) / 1e6, len(train_dataset), len(eval_dataset))
 
