@@ -140,7 +140,8 @@ def bench_depth(args) -> dict:
             point = dict(depth=depth, load=os.getloadavg()[0], **run_worker(__file__, spec))
             points[mode].append(point)
             print(f"[depth] {mode} {depth} blocks/stack: peak {point['peak_bytes'] / MIB:.0f} MiB allocated, "
-                  f"peak RSS {point['peak_rss_bytes'] / MIB:.0f} MiB, step {point['step_s']:.2f} s, load {point['load']:.1f}",
+                  f"peak RSS {point['peak_rss_bytes'] / MIB:.0f} MiB, step {point['step_s']:.2f} s, "
+                  f"load {point['load']:.1f}",
                   flush=True)
     fits = {}
     for mode, series in points.items():
@@ -210,7 +211,8 @@ def report_depth(depth: dict, args) -> None:
     print(table(["blocks per stack", "params (M)", "peak alloc MiB", "peak alloc MiB (ckpt)", "peak RSS MiB",
                  "peak RSS MiB (ckpt)", "step s", "step s (ckpt)", "load avg (plain / ckpt)"], rows))
     fit_rows = [[mode, f"{f['peak_bytes_per_block'] / MIB:.1f}", f"{f['peak_exponent']:.2f}",
-                 f"{f['rss_with_adam_per_block'] / MIB:.1f}", f"{f['step_s_per_block']:.3f}", f"{f['step_exponent']:.2f}",
+                 f"{f['rss_with_adam_per_block'] / MIB:.1f}", f"{f['step_s_per_block']:.3f}",
+                 f"{f['step_exponent']:.2f}",
                  f"~{f['depth_at_ram']:.0f} (extrapolated)"] for mode, f in depth["fits"].items()]
     print(f"\nLinear fits over {args.depths} blocks per stack; RAM {args.ram_bytes / 2**30:.1f} GiB")
     print("(per depth step: one more block in H and one in L)")
@@ -263,7 +265,8 @@ def plot(results: dict, path: Path, ram: int) -> None:
     if "overhead" in results:  # the interleaved one-process measurement: both modes under the same load
         points = results["overhead"]["points"]
         for mode, marker, color in zip(("plain", "checkpointed"), "os", ("C0", "C1")):
-            a2.plot([p["depth"] for p in points], [p["step_s"][mode] for p in points], marker=marker, ls="--", color=color,
+            a2.plot([p["depth"] for p in points], [p["step_s"][mode] for p in points], marker=marker, ls="--",
+                    color=color,
                     mfc="white",
                     label=f"{mode} (interleaved in one process, l={results['overhead'].get('length', 512)})")
     a1.axhline(ram / 2**30, color="k", lw=0.8)
