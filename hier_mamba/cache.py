@@ -15,7 +15,7 @@ invocation i, k = sum of the layer counts of invocations < i, plus j (``config.n
 from __future__ import annotations
 
 import torch
-from transformers.cache_utils import Cache, LinearAttentionCacheLayerMixin
+from transformers.cache_utils import Cache, DynamicCache, LinearAttentionCacheLayerMixin
 
 from .mixers import MixerState
 
@@ -81,15 +81,19 @@ class MixerStateLayer(LinearAttentionCacheLayerMixin):
                                   "(HierMambaCache is not croppable)")
 
 
-class HierMambaCache(Cache):
+class HierMambaCache(DynamicCache):
     """States of all invocations and layers, and how many tokens they have absorbed.
+
+    generate's default cache, in the role of the DynamicCache of linear-attention layers transformers' Mamba2 gets
+    (hence the base class): its states are replaced, not copied into, so it is not compileable; for a compiled
+    decoding, ``generate(..., cache_implementation="static")`` (cache_access.py).
 
     ``states[i][j]`` is layer j of invocation i. Shapes are fixed by the config and the batch size:
     conv (b, channels, conv_kernel - 1), ssm (b, d_inner, n) or (b, heads, head_dim, n).
     """
 
     def __init__(self, states: list[list[MixerState]], seen_tokens: int):
-        super().__init__(layers=[MixerStateLayer(state) for invocation in states for state in invocation])
+        Cache.__init__(self, layers=[MixerStateLayer(state) for invocation in states for state in invocation])
         self.layers_per_invocation = [len(invocation) for invocation in states]
         self.seen_tokens = seen_tokens
 
@@ -101,6 +105,10 @@ class HierMambaCache(Cache):
             grouped.append([layer.state for layer in self.layers[start:start + count]])
             start += count
         return grouped
+
+    def __iter__(self):
+        """The MixerState of each slot, in slot order (DynamicCache's iteration yields attention keys/values)."""
+        return (layer.state for layer in self.layers)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         """Tokens absorbed so far (prompt + generated); the cache size does not grow with it."""

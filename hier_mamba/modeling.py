@@ -17,6 +17,7 @@ from transformers import initialization as init
 from transformers.modeling_outputs import ModelOutput
 
 from .cache import HierMambaCache
+from .cache_access import cached_states, holds_states, store_states
 from .configuration import HierMambaConfig
 from .mixers import FP32_PARAMETERS, Mamba1Mixer, Mamba2Mixer, inverse_softplus_dt
 from .reasoning import H_INIT_SEED, L_INIT_SEED, Carry, HierarchicalReasoner, fixed_initial_state
@@ -163,7 +164,7 @@ class HierMambaPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
-        return False  # the model builds its own HierMambaCache at prefill
+        return True  # transformers' caches of linear-attention layers work (cache_access.py); see below for the default
 
 
 class HierMambaModel(HierMambaPreTrainedModel):
@@ -193,7 +194,9 @@ class HierMambaModel(HierMambaPreTrainedModel):
             attention_mask: (b, l) of 0/1: 1 for tokens, 0 for (left) padding. With a cache it may also cover the
                 cached tokens (b, seen + l), as generate passes it; its last l columns are used.
             cache: states from a previous call; the new tokens continue that sequence (one token: the O(1) step;
-                several: the parallel scans started from the cached states).
+                several: the parallel scans started from the cached states). A HierMambaCache, or a transformers
+                StaticCache / DynamicCache built from this config (empty until this call writes it; updated in
+                place, see cache_access.py).
             use_cache: return a HierMambaCache (defaults to config.use_cache outside training).
             carry: (z_H, z_L) to start the cycles from (ACT segments); not combinable with a cache.
             output_hidden_states: also return hidden_states (see HierMambaOutput).
@@ -215,10 +218,11 @@ class HierMambaModel(HierMambaPreTrainedModel):
         if cache is not None and carry is not None:
             raise ValueError("pass either a cache (generation) or a carry (ACT segments), not both")
         hidden_states = [x] if output_hidden_states else None
+        cached = None if cache is None else cached_states(cache, self.config)  # None: nothing absorbed yet
         # 2. One new token of a cached sequence: the O(1) step.
-        if cache is not None and x.shape[1] == 1 and attention_mask is None:
-            z_H, states = self.reasoner.step(x[:, 0], cache.states, hidden_states)  # (b, d)
-            cache.update(states, new_tokens=1)
+        if cached is not None and x.shape[1] == 1 and attention_mask is None:
+            z_H, states = self.reasoner.step(x[:, 0], cached, hidden_states)  # (b, d)
+            store_states(cache, states, new_tokens=1)
             carry, z_H, new_cache = None, z_H[:, None], cache
             if hidden_states is not None:
                 hidden_states = [h if h.dim() == 3 else h[:, None] for h in hidden_states]
@@ -227,11 +231,11 @@ class HierMambaModel(HierMambaPreTrainedModel):
         else:
             carry, states = self.reasoner(x, carry, attention_mask=attention_mask,
                                           return_states=use_cache or cache is not None,
-                                          initial_states=None if cache is None else cache.states,
+                                          initial_states=cached,
                                           hidden_states_out=hidden_states)
             z_H = carry.z_H
             if cache is not None:
-                cache.update(states, new_tokens=x.shape[1])
+                store_states(cache, states, new_tokens=x.shape[1])
             new_cache = cache
             if cache is None and use_cache:
                 new_cache = HierMambaCache(states, seen_tokens=x.shape[1])
@@ -273,6 +277,9 @@ class HierMambaForCausalLM(HierMambaPreTrainedModel, GenerationMixin):
     """HierMambaModel + a (tied) LM head over z_H; next-token loss with -100 ignored; generate()."""
 
     _tied_weights_keys = {"lm_head.weight": "model.embeddings.weight"}
+    # A decoding step with a transformers StaticCache has static shapes and writes the states in place:
+    # torch.compile(fullgraph=True) of the forward compiles it once (generate's cache_implementation="static").
+    _can_compile_fullgraph = True
 
     def __init__(self, config: HierMambaConfig):
         super().__init__(config)
@@ -330,6 +337,13 @@ class HierMambaForCausalLM(HierMambaPreTrainedModel, GenerationMixin):
                                          hidden_states=outputs.hidden_states)
         return output if return_dict else output.to_tuple()
 
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs: dict, *args, **kwargs) -> None:
+        """A transformers cache when ``cache_implementation`` names one ("static", "dynamic", ...); by default none:
+        the prefill builds a HierMambaCache, which counts the absorbed tokens so a generation can continue from it."""
+        if generation_config.cache_implementation is None and model_kwargs.get("cache") is None:
+            return
+        super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+
     def prepare_inputs_for_generation(
         self,
         input_ids: torch.LongTensor,
@@ -350,7 +364,7 @@ class HierMambaForCausalLM(HierMambaPreTrainedModel, GenerationMixin):
         model_inputs["use_cache"] = use_cache
         if cache is not None:
             model_inputs["cache"] = cache
-            seen = cache.get_seq_length()
+            seen = self._tokens_absorbed(cache, next_sequence_length, inputs_embeds is not None and is_first_iteration)
             if inputs_embeds is not None and is_first_iteration:  # continuing from embeddings: the full sequence
                 unseen = inputs_embeds[:, seen:] if inputs_embeds.shape[1] > seen else inputs_embeds[:, -1:]
                 model_inputs["inputs_embeds"] = unseen
@@ -358,7 +372,8 @@ class HierMambaForCausalLM(HierMambaPreTrainedModel, GenerationMixin):
             else:
                 new = max(input_ids.shape[1] - seen, 1) if next_sequence_length is None else next_sequence_length
                 new = min(new, input_ids.shape[1])
-                model_inputs["input_ids"] = input_ids[:, -new:]
+                # contiguous: one stride for every step's (b, 1) ids, so a compiled forward compiles once
+                model_inputs["input_ids"] = input_ids[:, -new:].clone(memory_format=torch.contiguous_format)
             if attention_mask is not None and new > 1:
                 model_inputs["attention_mask"] = attention_mask
         elif inputs_embeds is not None and is_first_iteration:
@@ -366,6 +381,20 @@ class HierMambaForCausalLM(HierMambaPreTrainedModel, GenerationMixin):
         else:
             model_inputs.update(input_ids=input_ids, attention_mask=attention_mask)
         return model_inputs
+
+    @staticmethod
+    def _tokens_absorbed(cache, next_sequence_length: int | None, from_embeds: bool) -> int | None:
+        """Tokens the cache has absorbed: a HierMambaCache counts them; a transformers cache holds none before its
+        first write and does not count them after it (None: generate's ``next_sequence_length`` says what is new)."""
+        if isinstance(cache, HierMambaCache):
+            return cache.get_seq_length()
+        if not holds_states(cache):
+            return 0
+        if next_sequence_length is None or from_embeds:
+            raise ValueError(f"this {type(cache).__name__} already holds states but does not count the tokens it "
+                             "absorbed, so the new part of the input is unknown: continue a generation from the "
+                             "HierMambaCache that generate returns by default (it counts them)")
+        return None
 
     def compile_decoding(self, enabled: bool = True, **options) -> "HierMambaForCausalLM":
         """Run every one-token cached step (generate's decoding) through ``torch.compile`` (``options`` go to it;

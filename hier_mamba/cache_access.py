@@ -1,0 +1,81 @@
+"""Reading and writing the model's recurrent states in a cache: its own HierMambaCache, or a transformers Cache.
+
+``generate(..., cache_implementation="static")`` (and ``"dynamic"``) hands the model a transformers
+``StaticCache`` / ``DynamicCache`` built from ``config.layer_types``: one ``LinearAttentionLayer`` per
+(invocation, layer) slot, in the order of :class:`~hier_mamba.cache.HierMambaCache` (invocation-major). Such a
+cache holds nothing until the prefill writes it; after that its tensors keep their shapes and addresses: every
+later write copies into them in place (as transformers' Mamba2 updates its states), so a compiled decoding step
+(``torch.compile(fullgraph=True)``, cudagraphs) sees static inputs and does no Python-side bookkeeping. It does not
+count the tokens it absorbed: generate tells the model how many tokens are new.
+"""
+
+from __future__ import annotations
+
+from transformers.cache_utils import Cache, LinearAttentionCacheLayerMixin
+
+from .cache import HierMambaCache
+from .configuration import HierMambaConfig
+from .mixers import MixerState
+from .reasoning import invocation_schedule
+
+
+def layers_per_invocation(config: HierMambaConfig) -> list[int]:
+    """Cache slots of each stack invocation in schedule order (they sum to ``config.num_hidden_layers``)."""
+    return [config.H_layers if kind == "H" else config.L_layers for kind in invocation_schedule(config)]
+
+
+def check_cache(cache: Cache, config: HierMambaConfig) -> None:
+    """Raise ValueError unless ``cache`` is a HierMambaCache or a transformers Cache of
+    ``config.num_hidden_layers`` linear-attention layers (what StaticCache / DynamicCache build from this config)."""
+    if isinstance(cache, HierMambaCache):
+        return
+    if not isinstance(cache, Cache):
+        raise ValueError(f"cache must be a HierMambaCache or a transformers Cache, got {type(cache).__name__}")
+    if len(cache.layers) != config.num_hidden_layers:
+        raise ValueError(f"cache has {len(cache.layers)} layers, this model needs {config.num_hidden_layers} "
+                         "(one per invocation and block: build it from the model's config)")
+    for index, layer in enumerate(cache.layers):
+        if not isinstance(layer, LinearAttentionCacheLayerMixin):
+            raise ValueError(f"cache layer {index} is a {type(layer).__name__}: this recurrent model needs "
+                             "linear-attention cache layers (config.layer_types)")
+
+
+def holds_states(cache: Cache) -> bool:
+    """Whether the cache holds states to continue from (a transformers cache holds none before its first write)."""
+    if isinstance(cache, HierMambaCache):
+        return True
+    return all(layer.has_previous_state[0] for layer in cache.layers)
+
+
+def cached_states(cache: Cache, config: HierMambaConfig) -> list[list[MixerState]] | None:
+    """The states per invocation (``states[i][j]``: layer j of invocation i), or None if the cache holds none."""
+    check_cache(cache, config)
+    if isinstance(cache, HierMambaCache):
+        return cache.states
+    if not holds_states(cache):
+        return None
+    grouped, start = [], 0
+    for count in layers_per_invocation(config):
+        grouped.append([MixerState(layer.conv_states[0], layer.recurrent_states[0])
+                        for layer in cache.layers[start:start + count]])
+        start += count
+    return grouped
+
+
+def store_states(cache: Cache, states: list[list[MixerState]], new_tokens: int) -> None:
+    """Write the states after ``new_tokens`` tokens (a step: 1; a prefill or continued prefill: its length).
+
+    A HierMambaCache replaces its tensors and counts the tokens. A transformers cache copies into its tensors in
+    place; its first write allocates them (zeros, marked as static addresses) through its own update methods.
+    """
+    if isinstance(cache, HierMambaCache):
+        cache.update(states, new_tokens=new_tokens)
+        return
+    flat = [state for invocation in states for state in invocation]
+    for index, (layer, state) in enumerate(zip(cache.layers, flat)):
+        if layer.has_previous_state[0]:  # same shapes: copied in place, the tensors keep their addresses
+            layer.conv_states[0].copy_(state.conv.detach())
+            layer.recurrent_states[0].copy_(state.ssm.detach())
+        else:  # (b, channels, w - 1): stored as is (conv_kernel_size = its width), then marked as holding a state
+            cache.update_conv_state(state.conv.detach(), index)
+            cache.update_recurrent_state(state.ssm.detach(), index)
