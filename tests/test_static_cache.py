@@ -2,8 +2,9 @@
 HierMambaCache decodes, the StaticCache's tensors are written in place, and the decoding forward compiles as one
 graph (fullgraph=True) that later generations reuse without recompiling.
 
-The compiled test traces with dynamo and runs the captured graph eagerly (a counting backend: seconds); the inductor
-build is what transformers' own GenerationTesterMixin runs (tests/test_transformers_common.py, downloaded tests).
+The graph-count test traces with dynamo and runs the captured graph eagerly (a counting backend: seconds); one test
+(marked slow: ~20 s on a 2-core CPU with an empty inductor cache) builds it with inductor, as generate does on a GPU
+and as transformers' own GenerationTesterMixin does (tests/test_transformers_common.py, downloaded tests).
 """
 
 import pytest
@@ -118,3 +119,19 @@ def test_a_cache_of_another_layout_is_rejected_by_name():
     attention = Cache(layers=[DynamicLayer() for _ in range(model.config.num_hidden_layers)])
     with pytest.raises(ValueError, match="linear-attention cache layers"):
         model(ids, cache=attention)
+
+
+@pytest.mark.slow  # an inductor build of the decoding graph: 22 s measured (2 cores, empty inductor cache)
+def test_inductor_compiled_decoding_with_a_static_cache_generates_what_eager_generates():
+    model = model_for(tiny())
+    prompt, mask = _prompt()
+    eager = _generate(model, prompt, mask)
+    torch._dynamo.reset()
+    config = CompileConfig(fullgraph=True, dynamic=False)  # inductor, as generate compiles on a GPU
+    config._compile_all_devices = True
+    try:
+        compiled = _generate(model, prompt, mask, cache_implementation="static", compile_config=config)
+    finally:
+        torch._dynamo.reset()
+    assert hasattr(model, "_compiled_call")
+    _assert_same_generation(compiled, eager)
