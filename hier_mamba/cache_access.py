@@ -5,8 +5,9 @@
 (invocation, layer) slot, in the order of :class:`~hier_mamba.cache.HierMambaCache` (invocation-major). Such a
 cache holds nothing until the prefill writes it; after that its tensors keep their shapes and addresses: every
 later write copies into them in place (as transformers' Mamba2 updates its states), so a compiled decoding step
-(``torch.compile(fullgraph=True)``, cudagraphs) sees static inputs and does no Python-side bookkeeping. It does not
-count the tokens it absorbed: generate tells the model how many tokens are new.
+(``torch.compile(fullgraph=True)``) sees the same static inputs every token and does no Python-side bookkeeping
+(checked on CPU; the cudagraphs of generate's default compile mode on a GPU are not tested here). It does not count
+the tokens it absorbed: generate tells the model how many tokens are new.
 """
 
 from __future__ import annotations
