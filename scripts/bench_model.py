@@ -24,8 +24,11 @@ rounds (torch.mm of the model's largest projection and of 1024^3), best of all.
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: idle threads sleep (hier_mamba/threads.py)
 
 import torch
 
