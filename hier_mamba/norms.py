@@ -26,7 +26,7 @@ class RMSNorm(nn.Module):
         if gate is not None:
             x = x * F.silu(gate.float())
         grouped = x.unflatten(-1, (-1, self.group_size))  # (..., groups, group_size)
-        grouped = grouped * torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + self.eps)
+        grouped = F.rms_norm(grouped, (self.group_size,), eps=self.eps)  # x / sqrt(mean(x^2) + eps), one fused op
         return self.weight * grouped.flatten(-2).to(dtype)
 
     def extra_repr(self) -> str:
