@@ -76,17 +76,21 @@ def _ssd_scan(x, dt, A, B, C, chunk_size: int, D, initial_state) -> tuple[torch.
     # 1. Pad to whole chunks; x dt as (b, c, g, q, r, p), B, C as (b, c, g, q, n), log-decays cumulated in a chunk.
     x_dt = _pad_time(x.float() * dt.unsqueeze(-1), pad).view(batch, chunks, Q, groups, rep, head_dim)
     x_dt = x_dt.transpose(2, 3).contiguous()  # (b, c, g, q, r, p); no copy for one group
-    dA_cum = torch.cumsum(_pad_time(dt * A.float(), pad).view(batch, chunks, Q, groups, rep), dim=2)  # (b, c, q, g, r)
-    dA_cum = dA_cum.permute(0, 1, 3, 4, 2).contiguous()  # (b, c, g, r, q): log-decay from the chunk start
+    # The cumulated log-decays are float64: exp(cum_q - cum_s) of two long fp32 sums loses digits when |dt A| is
+    # large (transformers' init has A down to -24), 17x the error of the step-by-step recurrence at A = -24; in
+    # float64 the differences are exact to fp32 (tests/test_ops.py). The tensor is small: (b, c, g, r, q).
+    cum64 = torch.cumsum(_pad_time(dt * A.float(), pad).double().view(batch, chunks, Q, groups, rep), dim=2)
+    cum64 = cum64.permute(0, 1, 3, 4, 2).contiguous()  # (b, c, g, r, q): log-decay from the chunk start
+    dA_cum = cum64.float()
     B = _pad_time(B.float(), pad).view(batch, chunks, Q, groups, state_size).transpose(2, 3).contiguous()
     C = _pad_time(C.float(), pad).view(batch, chunks, Q, groups, state_size).transpose(2, 3).contiguous()
 
     # 2. Intra-chunk (diagonal blocks): y_q = sum_{s<=q} C_q.B_s exp(cum_q - cum_s) x_s dt_s, one matmul per head.
-    scores = DecayedScores.apply(C @ B.transpose(-1, -2), dA_cum)  # (b, c, g, r, q, s)
+    scores = DecayedScores.apply(C @ B.transpose(-1, -2), cum64)  # (b, c, g, r, q, s)
     y_diag = scores @ x_dt.transpose(3, 4).contiguous()  # (b, c, g, r, q, p); head-major copy: matmul wants it
 
     # 3. Each chunk's own end state, from its inputs alone: (n, q) @ (q, r p) per chunk.
-    to_end = torch.exp(dA_cum[..., -1:] - dA_cum).transpose(-1, -2).unsqueeze(-1)  # (b, c, g, q, r, 1)
+    to_end = torch.exp((cum64[..., -1:] - cum64).float()).transpose(-1, -2).unsqueeze(-1)  # (b, c, g, q, r, 1)
     chunk_states = B.transpose(-1, -2) @ (x_dt * to_end).flatten(-2)  # (b, c, g, n, r p)
 
     # 4. Inter-chunk recurrence: the state entering each chunk, and the final state, as (b, g, n, r p).
@@ -218,11 +222,12 @@ def discretize_dt(dt, dt_bias, softplus: bool, limit: tuple[float, float]) -> to
 class DecayedScores(torch.autograd.Function):
     """scores = CB * exp(cum_q - cum_s) for s <= q, else 0: the intra-chunk weights of SSD as one autograd node
     (the same as ``CB.unsqueeze(3) * _segment_decay(cum)``, with three fewer full-size passes in backward).
-    CB: (b, c, g, q, s), shared by the r heads of a group; cum: (b, c, g, r, q). Returns (b, c, g, r, q, s)."""
+    CB: (b, c, g, q, s), shared by the r heads of a group; cum: (b, c, g, r, q), any float dtype (the differences
+    are taken in it, the exponential in CB's). Returns (b, c, g, r, q, s) in CB's dtype."""
 
     @staticmethod
     def forward(ctx, CB, cum):
-        decay = _segment_decay(cum)  # (b, c, g, r, q, s)
+        decay = _segment_decay(cum, CB.dtype)  # (b, c, g, r, q, s)
         ctx.save_for_backward(CB, decay)
         return CB.unsqueeze(3) * decay
 
@@ -236,9 +241,10 @@ class DecayedScores(torch.autograd.Function):
         return grad_CB, weighted.sum(-1) - weighted.sum(-2)  # (b, c, g, r, q): + as cum_q, - as cum_s
 
 
-def _segment_decay(cum: torch.Tensor) -> torch.Tensor:
-    """exp(cum_q - cum_s) for s <= q, else 0. cum: (..., q) -> (..., q, s)."""
-    diff = cum.unsqueeze(-1) - cum.unsqueeze(-2)  # (..., q, s)
+def _segment_decay(cum: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """exp(cum_q - cum_s) for s <= q, else 0, the difference in cum's dtype, the result in ``dtype`` (default:
+    cum's). cum: (..., q) -> (..., q, s)."""
+    diff = (cum.unsqueeze(-1) - cum.unsqueeze(-2)).to(dtype or cum.dtype)  # (..., q, s)
     Q = cum.shape[-1]
     causal = torch.ones(Q, Q, dtype=torch.bool, device=cum.device).tril()
     return torch.exp(diff.masked_fill(~causal, float("-inf")))
