@@ -1,0 +1,82 @@
+"""hier_mamba.threads: the free-core count, the thread choice, and that every script sets the wait policy first."""
+
+from __future__ import annotations
+
+import ast
+import itertools
+from pathlib import Path
+
+import pytest
+import torch
+
+from hier_mamba import threads
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+@pytest.fixture
+def restore_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("running, cores, expected", [
+    ([1, 1, 1], 2, 2),      # only the caller runs: every core is free
+    ([2, 3, 2], 2, 1),      # one other process (median): one core left
+    ([5, 6, 5], 2, 1),      # oversubscribed: never below 1
+    ([1, 9, 1], 4, 4),      # a short spike is ignored (median)
+    ([3, 3, 3], 8, 6),
+])
+def test_free_cores_counts_other_running_processes(monkeypatch, running, cores, expected):
+    counts = iter(running)
+    monkeypatch.setattr(threads, "_running_processes", lambda: next(counts))
+    monkeypatch.setattr(threads, "_usable_cores", lambda: cores)
+    assert threads.free_cores(samples=len(running), interval=0) == expected
+
+
+def test_free_cores_falls_back_to_the_load_average(monkeypatch):
+    monkeypatch.setattr(threads, "_running_processes", lambda: None)
+    monkeypatch.setattr(threads, "_usable_cores", lambda: 4)
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (2.6, 1.0, 1.0))
+    assert threads.free_cores(interval=0) == 1  # 4 - round(2.6)
+
+
+def test_fit_threads_uses_free_cores_unless_the_user_chose(monkeypatch, restore_threads):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "free_cores", lambda: 1)
+    torch.set_num_threads(2)
+    assert threads.fit_threads() == 1 and torch.get_num_threads() == 1
+    assert threads.fit_threads(2) == 2 and torch.get_num_threads() == 2  # an explicit count wins
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert threads.fit_threads() == 2 and torch.get_num_threads() == 2  # the user's OMP_NUM_THREADS is kept
+
+
+def test_fit_threads_rejects_a_bad_count(restore_threads):
+    with pytest.raises(ValueError, match="threads must be >= 1, got 0"):
+        threads.fit_threads(0)
+    with pytest.raises(ValueError, match="samples must be >= 1, got 0"):
+        threads.free_cores(samples=0)
+
+
+def _sets_wait_policy(statement: ast.stmt) -> bool:
+    return "OMP_WAIT_POLICY" in ast.unparse(statement) and "PASSIVE" in ast.unparse(statement)
+
+
+def _imports_torch(statement: ast.stmt) -> bool:
+    if isinstance(statement, ast.Import):
+        return any(alias.name.split(".")[0] in ("torch", "transformers", "hier_mamba") for alias in statement.names)
+    if isinstance(statement, ast.ImportFrom):
+        return (statement.module or "").split(".")[0] in ("torch", "transformers", "hier_mamba")
+    return False
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in SCRIPTS.glob("*.py")))
+def test_scripts_set_the_wait_policy_before_torch_loads(script):
+    """OpenMP reads OMP_WAIT_POLICY once, when torch loads it: a later assignment does nothing."""
+    body = ast.parse((SCRIPTS / script).read_text()).body
+    if not any(_imports_torch(s) for s in body):
+        pytest.skip(f"{script} does not import torch at module level")
+    before_torch = list(itertools.takewhile(lambda s: not _imports_torch(s), body))
+    assert any(_sets_wait_policy(s) for s in before_torch), (
+        f"scripts/{script} imports torch before os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')")
