@@ -3,20 +3,21 @@
 PyTorch's CPU build runs its intra-op parallel regions on OpenMP threads. By default (libgomp's
 ``OMP_WAIT_POLICY`` unset) a thread that reaches the end of a region *spins* while it waits for its
 peers. When another process holds one of the cores, one peer is descheduled and the others burn
-their time slices spinning: a training step of the README's model was measured 5-12x slower on
-2 cores shared with one other job (docs/benchmarks.md, "A busy machine"). Two settings fix it:
+their time slices spinning: a training step of the README's model was measured 20x slower on 2 cores
+beside one other PyTorch job (docs/benchmarks.md, "A busy machine"). Two settings help:
 
 1. ``OMP_WAIT_POLICY=PASSIVE``: waiting threads sleep. OpenMP reads it once, when torch loads it, so a
    script sets it *before* ``import torch`` (``os.environ.setdefault`` keeps a user's own choice).
-2. as many threads as there are free cores: :func:`free_cores` counts the cores this process may use
-   minus the processes running on them now, and :func:`fit_threads` applies it with
-   ``torch.set_num_threads`` (any time after import), unless the user chose a count.
+2. optionally, as many threads as there are free cores: :func:`free_cores` counts the cores this process
+   may use minus the processes running on them now; ``fit_threads("auto")`` applies it with
+   ``torch.set_num_threads`` (any time after import).
 
-The scripts in ``scripts/`` do both by default (``--threads N`` overrides the count).
+The scripts in ``scripts/`` set the passive policy; ``--threads N`` or ``--threads auto`` set the count.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import statistics
@@ -75,21 +76,37 @@ def free_cores(samples: int = 5, interval: float = 0.02) -> int:
     return max(1, min(cores, cores - round(others)))
 
 
-def fit_threads(threads: int | None = None) -> int:
-    """Set torch's intra-op thread count and return it.
+def fit_threads(threads: int | str | None = None) -> int:
+    """Set torch's intra-op thread count from ``threads`` and return the count in use.
 
-    ``threads``: an explicit count wins; else ``OMP_NUM_THREADS`` if the user set it (torch already
-    honours it: nothing is changed); else :func:`free_cores`. Logs the choice and the wait policy.
+    ``threads``: an int is used as given; ``"auto"`` takes :func:`free_cores`; None keeps torch's count
+    (``OMP_NUM_THREADS`` when the user set it, else one per core). Logs the choice and the wait policy.
+    With the wait policy passive, None measured better than ``"auto"`` under one competing job on 2 cores
+    (docs/benchmarks.md, "A busy machine"), so None is the scripts' default.
     """
-    if threads is not None:
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
-        reason = "requested"
-    elif os.environ.get("OMP_NUM_THREADS"):
-        threads, reason = torch.get_num_threads(), "OMP_NUM_THREADS"
-    else:
+    if threads is None:
+        reason = "OMP_NUM_THREADS" if os.environ.get("OMP_NUM_THREADS") else "torch's default"
+        threads = torch.get_num_threads()
+    elif threads == "auto":
         threads, reason = free_cores(), f"free cores of {_usable_cores()}"
+    elif isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1:
+        reason = "requested"
+    else:
+        raise ValueError(f"threads must be a positive int, 'auto' or None, got {threads!r}")
     torch.set_num_threads(threads)
     logger.info("torch threads: %d (%s); OMP_WAIT_POLICY=%s", threads, reason,
                 os.environ.get("OMP_WAIT_POLICY", "unset (threads spin while waiting)"))
     return threads
+
+
+def threads_argument(value: str) -> int | str:
+    """argparse type of a ``--threads`` option: a positive int or ``auto``."""
+    if value == "auto":
+        return value
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or 'auto', got {value!r}")
+    return count

@@ -7,9 +7,9 @@ default) on random bytes at the config's batch size and block size with AdamW, a
 seconds per step after two warm-up steps. Settings of the measured process:
 
 - ``torch default``: OMP_WAIT_POLICY and OMP_NUM_THREADS unset (threads spin while waiting, one per core);
-- ``passive``: OMP_WAIT_POLICY=PASSIVE, one thread per core;
-- ``scripts default``: PASSIVE and ``hier_mamba.threads.fit_threads()`` (threads = free cores), what
-  ``scripts/*.py`` do.
+- ``scripts default``: OMP_WAIT_POLICY=PASSIVE, one thread per core (what ``scripts/*.py`` do);
+- ``scripts --threads auto``: PASSIVE and ``hier_mamba.threads.fit_threads("auto")`` (threads = the cores
+  free when the process starts).
 
 Load beside it: none, one single-threaded Python busy loop, or one more training process with torch's
 defaults (another user's job). Prints a markdown table with each time and its ratio to the idle
@@ -28,8 +28,8 @@ import time
 
 SETTINGS = {
     "torch default": {},
-    "passive": {"OMP_WAIT_POLICY": "PASSIVE"},
-    "scripts default": {"OMP_WAIT_POLICY": "PASSIVE", "HIER_MAMBA_BENCH_FIT": "1"},
+    "scripts default": {"OMP_WAIT_POLICY": "PASSIVE"},
+    "scripts --threads auto": {"OMP_WAIT_POLICY": "PASSIVE", "HIER_MAMBA_BENCH_FIT": "1"},
 }
 LOADS = ["idle", "python busy loop", "torch training job"]
 
@@ -43,7 +43,7 @@ def worker(config_path: str, steps: int, max_seconds: float, forever: bool) -> N
     from hier_mamba.threads import fit_threads
 
     if os.environ.get("HIER_MAMBA_BENCH_FIT"):
-        fit_threads()
+        fit_threads("auto")
     with open(config_path) as f:
         run = yaml.safe_load(f)
     torch.manual_seed(0)
@@ -108,6 +108,7 @@ def main() -> None:
     if args.worker:
         return worker(args.config, args.steps, args.max_seconds, args.forever)
 
+    load_before = os.getloadavg()
     results = {}
     for load in LOADS:
         process = start_load(load, args)
@@ -119,7 +120,8 @@ def main() -> None:
                 process.kill()
                 process.wait()
     base = results["idle", "torch default"]["s_per_step"]
-    print(f"cores: {os.cpu_count()}; load average before: {os.getloadavg()}; base {base:.3f} s/step\n")
+    print(f"cores: {os.cpu_count()}; load average before: {load_before}, after: {os.getloadavg()}; "
+          f"base {base:.3f} s/step\n")
     print("| load | setting | threads | s/step | × idle torch default |")
     print("|---|---|---|---|---|")
     for (load, setting), r in results.items():

@@ -22,7 +22,7 @@ import yaml
 
 from hier_mamba.tasks import puzzle
 from hier_mamba.tasks.puzzle_eval import evaluate_checkpoint
-from hier_mamba.threads import fit_threads
+from hier_mamba.threads import fit_threads, threads_argument
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,7 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--limit", type=int, help="evaluate only the first N test puzzles")
     parser.add_argument("--json", type=Path, help="also write the results here")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: the cores free at start)")
+    parser.add_argument("--threads", type=threads_argument, help="torch CPU threads: N, or auto (the cores free now)")
     args = parser.parse_args(argv)
     if any(count < 1 for count in args.segments):
         parser.error(f"--segments must be positive, got {args.segments}")

@@ -21,7 +21,7 @@ from pathlib import Path
 from transformers import AutoModelForCausalLM, set_seed
 
 from hier_mamba.tasks.lm import sample
-from hier_mamba.threads import fit_threads
+from hier_mamba.threads import fit_threads, threads_argument
 from hier_mamba.tokenization import load_tokenizer
 
 logger = logging.getLogger("generate")
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--top-k", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: the cores free at start)")
+    parser.add_argument("--threads", type=threads_argument, help="torch CPU threads: N, or auto (the cores free now)")
     args = parser.parse_args(argv)
     fit_threads(args.threads)
 

@@ -24,7 +24,7 @@ from transformers import AutoModelForTokenClassification
 
 import hier_mamba  # noqa: F401  (registers the Auto* classes)
 from hier_mamba.data import sudoku
-from hier_mamba.threads import fit_threads
+from hier_mamba.threads import fit_threads, threads_argument
 
 HELD_OUT = "369.84.27.1.7369.8587...4..7..8..6.21.8267395.2..95784.3145.2.6..6.12549.54.7983."  # test puzzle 0
 
@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--model", default="models/sudoku-hiermamba", help="a save_pretrained directory")
     parser.add_argument("--puzzle", default=HELD_OUT, help="81 characters, '.' or '0' for blanks")
     parser.add_argument("--segments", type=int, default=8, help="ACT segments to run (test-time compute)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: the cores free at start)")
+    parser.add_argument("--threads", type=threads_argument, help="torch CPU threads: N, or auto (the cores free now)")
     args = parser.parse_args()
     fit_threads(args.threads)
     puzzle = parse_puzzle(args.puzzle)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from hier_mamba.tasks import get_task
 from hier_mamba.tasks.run import last_checkpoint, load_run_config, train_from_config
-from hier_mamba.threads import fit_threads
+from hier_mamba.threads import fit_threads, threads_argument
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -27,7 +27,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-steps", type=int, help="override training.max_steps")
     parser.add_argument("--output-dir", type=Path, help="override output_dir")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: the cores free at start)")
+    parser.add_argument("--threads", type=threads_argument, help="torch CPU threads: N, or auto (the cores free now)")
     return parser.parse_args(argv)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import ast
 import itertools
 from pathlib import Path
@@ -42,19 +43,27 @@ def test_free_cores_falls_back_to_the_load_average(monkeypatch):
     assert threads.free_cores(interval=0) == 1  # 4 - round(2.6)
 
 
-def test_fit_threads_uses_free_cores_unless_the_user_chose(monkeypatch, restore_threads):
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+def test_fit_threads_keeps_torch_count_unless_asked(monkeypatch, restore_threads):
     monkeypatch.setattr(threads, "free_cores", lambda: 1)
     torch.set_num_threads(2)
-    assert threads.fit_threads() == 1 and torch.get_num_threads() == 1
-    assert threads.fit_threads(2) == 2 and torch.get_num_threads() == 2  # an explicit count wins
-    monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    assert threads.fit_threads() == 2 and torch.get_num_threads() == 2  # the user's OMP_NUM_THREADS is kept
+    assert threads.fit_threads() == 2 and torch.get_num_threads() == 2  # None: torch's count stays
+    assert threads.fit_threads("auto") == 1 and torch.get_num_threads() == 1  # the free cores
+    assert threads.fit_threads(2) == 2 and torch.get_num_threads() == 2  # an explicit count
 
 
-def test_fit_threads_rejects_a_bad_count(restore_threads):
-    with pytest.raises(ValueError, match="threads must be >= 1, got 0"):
-        threads.fit_threads(0)
+@pytest.mark.parametrize("bad", [0, -1, "all", 1.5, True])
+def test_fit_threads_rejects_a_bad_count(bad, restore_threads):
+    with pytest.raises(ValueError, match=f"threads must be a positive int, 'auto' or None, got {bad!r}"):
+        threads.fit_threads(bad)
+
+
+def test_threads_argument_parses_counts_and_auto():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--threads", type=threads.threads_argument)
+    assert parser.parse_args(["--threads", "3"]).threads == 3
+    assert parser.parse_args(["--threads", "auto"]).threads == "auto"
+    with pytest.raises(argparse.ArgumentTypeError, match="positive integer or 'auto', got '0'"):
+        threads.threads_argument("0")
     with pytest.raises(ValueError, match="samples must be >= 1, got 0"):
         threads.free_cores(samples=0)
 
