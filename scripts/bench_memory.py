@@ -49,6 +49,24 @@ def timed(fn, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+def timed_cpu(fn, device) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of one call of fn. On a shared machine the CPU time leaves
+    out the time other processes hold the cores; single-threaded (--threads 1) it is the work done."""
+    cpu = time.process_time()
+    wall = timed(fn, device)
+    return wall, time.process_time() - cpu
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def mib(n: float) -> str:
+    return f"{n / 2**20:.1f}"
+
+
 def rss_bytes(field: str, reset_peak: bool = False) -> int:
     """VmRSS (current) or VmHWM (peak) of this process; reset_peak first resets VmHWM (Linux clear_refs 5)."""
     try:
