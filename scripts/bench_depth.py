@@ -36,7 +36,7 @@ import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
-from bench_memory import loglog_slope, measure_step, rss_bytes, run_worker  # noqa: E402  (scripts/, beside this file)
+from bench_memory import loglog_slope, measure_step, rss_bytes, run_worker, table  # noqa: E402  (scripts/, beside this file)
 from hier_mamba import HierMambaConfig, HierMambaForCausalLM  # noqa: E402
 
 MIB = 2**20
@@ -123,11 +123,6 @@ def ram_bytes() -> int:
     """MemTotal of this machine (Linux /proc/meminfo)."""
     line = next(l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal:"))
     return int(line.split()[1]) * 1024
-
-
-def table(headers: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
 
 
 def bench_depth(args) -> dict:
