@@ -140,10 +140,7 @@ class Stack(nn.Module):
             final_states.append(state)
             if hidden_states_out is not None and index < len(self.layers) - 1:
                 hidden_states_out.append(hidden_states)
-        output = hidden_states if self.norm_f is None else self.norm_f(hidden_states)
-        if hidden_states_out is not None:  # the last block's output is recorded after the final norm
-            hidden_states_out.append(output)
-        return output, final_states
+        return self._output(hidden_states, hidden_states_out), final_states
 
     def step(
         self, hidden_states: torch.Tensor, states: list[MixerState], hidden_states_out: list[torch.Tensor] | None = None,
@@ -156,8 +153,12 @@ class Stack(nn.Module):
             new_states.append(state)
             if hidden_states_out is not None and index < len(self.layers) - 1:
                 hidden_states_out.append(hidden_states)
+        return self._output(hidden_states, hidden_states_out), new_states
+
+    def _output(self, hidden_states: torch.Tensor, hidden_states_out: list[torch.Tensor] | None) -> torch.Tensor:
+        """The stack's output: the last block's, after norm_f when there is one; recorded last in hidden_states_out."""
         output = hidden_states if self.norm_f is None else self.norm_f(hidden_states)
         if hidden_states_out is not None:
             hidden_states_out.append(output)
-        return output, new_states
+        return output
 

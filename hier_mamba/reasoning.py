@@ -10,8 +10,9 @@ One forward runs ``H_cycles * (L_cycles + 1)`` stack invocations, each a full sc
 Gradient through the cycles is a setting (``bptt_steps``): only the last ``bptt_steps``
 invocations are recorded by autograd (2 or "one_step" = HRM's one-step gradient: the last L and the
 last H call; "last_cycle" = TRM's: the whole last H cycle; None = full BPTT). The earlier ones run
-under ``torch.no_grad()``, so activation memory is O(1) in the number of cycles. ``checkpoint_cycles`` runs the recorded invocations in ~sqrt(m) segments
-under ``torch.utils.checkpoint``: O(sqrt(m)) stored states instead of O(m), one extra forward.
+under ``torch.no_grad()``, so activation memory is O(1) in the number of cycles. ``checkpoint_cycles`` runs
+the recorded invocations in ~sqrt(m) segments under ``torch.utils.checkpoint``: O(sqrt(m)) stored states
+instead of O(m), one extra forward.
 """
 
 from __future__ import annotations
