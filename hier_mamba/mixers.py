@@ -136,13 +136,8 @@ class Mamba2Mixer(_KeepFP32):
         ops = get_ops(self.config.ssm_backend, hidden_states.device)
         # 1. Input projection to the gate z, the conv input (x, B, C) and dt.
         projected = self.in_proj(mask_padding(hidden_states, attention_mask))
-        z, xBC, dt = projected.split([self.d_inner, self.conv_dim, self.heads], dim=-1)
-        xBC = mask_padding(xBC, attention_mask)  # with use_bias, in_proj(0) = bias: the conv must see 0
-        # 2. Causal depthwise conv over time, padded positions zeroed again.
-        xBC, conv_state = causal_conv(self.conv1d, ops, xBC.transpose(1, 2), None if state is None else state.conv,
-                                      self.config.conv_kernel)  # (b, conv_dim, l)
-        xBC = mask_padding(xBC.transpose(1, 2), attention_mask)  # (b, l, conv_dim)
-        x, B, C = xBC.split([self.d_inner, self.n_groups * self.state_size, self.n_groups * self.state_size], dim=-1)
+        # 2. Split, and the causal depthwise conv over time of (x, B, C).
+        z, x, B, C, dt, conv_state = self._split_conv(projected, ops, state, attention_mask)
         # 3. Chunked SSD scan.
         y, ssm_state = ops.ssd(
             x.reshape(batch, length, self.heads, self.head_dim), dt, -torch.exp(self.A_log.float()),
@@ -154,6 +149,24 @@ class Mamba2Mixer(_KeepFP32):
         # 4. Gated RMSNorm and output projection.
         out = self.out_proj(self.norm(y.reshape(batch, length, self.d_inner), z))
         return out, MixerState(conv_state, ssm_state)
+
+    def _split_conv(self, projected: torch.Tensor, ops, state: MixerState | None,
+                    attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """projected (b, l, d_inner + conv_dim + heads) -> z, x, B, C, dt (b, l, .), conv'd (x, B, C) with
+        padded positions zeroed, and the final conv state. One fused node (ops.split_conv) without a mask or an
+        intercepted conv1d; else split, conv, split."""
+        sizes = [self.d_inner, self.n_groups * self.state_size, self.n_groups * self.state_size]
+        initial = None if state is None else state.conv
+        if ops.split_conv is not None and attention_mask is None and not intercepted(self.conv1d):
+            z, (x, B, C), dt, conv_state = ops.split_conv(projected, self.d_inner, sizes,
+                                                          self.conv1d.weight.squeeze(1), self.conv1d.bias, initial)
+            return z, x, B, C, dt, conv_state
+        z, xBC, dt = projected.split([self.d_inner, self.conv_dim, self.heads], dim=-1)
+        xBC = mask_padding(xBC, attention_mask)  # with use_bias, in_proj(0) = bias: the conv must see 0
+        xBC, conv_state = causal_conv(self.conv1d, ops, xBC.transpose(1, 2), initial,
+                                      self.config.conv_kernel)  # (b, conv_dim, l)
+        xBC = mask_padding(xBC.transpose(1, 2), attention_mask)  # (b, l, conv_dim)
+        return (z, *xBC.split(sizes, dim=-1), dt, conv_state)
 
     def _step(self, hidden_states: torch.Tensor, state: MixerState) -> tuple[torch.Tensor, MixerState]:
         """One token. hidden_states: (b, d); state from forward or a previous step. Returns (b, d), new state."""

@@ -36,3 +36,11 @@ def sensitive_model(mixer) -> HierMambaForCausalLM:
             if name.endswith(("x_proj.weight", "out_proj.weight")):
                 parameter.mul_(25)
     return model
+
+
+def projected_grads(outputs, inputs):
+    """Gradients wrt ``inputs`` of a fixed random projection of ``outputs`` (the same weights on every call), so
+    two implementations of one function can be compared through every output at once."""
+    loss = sum((o * torch.randn(o.shape, generator=torch.Generator().manual_seed(i), dtype=o.dtype)).sum()
+               for i, o in enumerate(outputs))
+    return torch.autograd.grad(loss, inputs)

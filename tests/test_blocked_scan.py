@@ -5,6 +5,7 @@ import torch
 
 from hier_mamba.ops import selective_scan, selective_scan_reference
 from hier_mamba.ops.blocked_scan import blocked_selective_scan
+from helpers import projected_grads  # tests/helpers.py
 
 
 def _inputs(b=2, d=5, n=4, length=33, seed=0):
@@ -16,13 +17,6 @@ def _inputs(b=2, d=5, n=4, length=33, seed=0):
     return dict(u=randn(b, d, length), delta=randn(b, d, length), A=(-torch.rand(d, n, generator=generator) - 0.1)
                 .requires_grad_(), B=randn(b, n, length), C=randn(b, n, length), D=randn(d), z=randn(b, d, length),
                 delta_bias=randn(d), initial_state=randn(b, d, n))
-
-
-def _grads(outputs, inputs):
-    """Gradients of a fixed random projection of the outputs (the same weights on every call)."""
-    loss = sum((o * torch.randn(o.shape, generator=torch.Generator().manual_seed(i))).sum()
-               for i, o in enumerate(outputs))
-    return torch.autograd.grad(loss, inputs)
 
 
 @pytest.mark.parametrize("block", [1, 5, 33, 64])
@@ -40,7 +34,7 @@ def test_blocked_scan_equals_reference_forward_and_gradients(block, with_state):
     torch.testing.assert_close(y_blk, y_ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(s_blk, s_ref, rtol=1e-5, atol=1e-5)
     for name, g_blk, g_ref in zip([k for k, v in inputs.items() if v is not None],
-                                  _grads([y_blk, s_blk], leaves), _grads([y_ref, s_ref], leaves)):
+                                  projected_grads([y_blk, s_blk], leaves), projected_grads([y_ref, s_ref], leaves)):
         torch.testing.assert_close(g_blk, g_ref, rtol=1e-4, atol=1e-4, msg=lambda m: f"d/d{name}: {m}")
 
 

@@ -15,13 +15,7 @@ from hier_mamba.ops import (
     ssd_sequential,
 )
 from hier_mamba.ops.backend import TORCH_OPS, cuda_kernels_error
-
-
-def _grads(outputs, inputs):
-    """Gradients of a fixed random projection of the outputs (the same weights on every call)."""
-    loss = sum((o * torch.randn(o.shape, generator=torch.Generator().manual_seed(i))).sum()
-               for i, o in enumerate(outputs))
-    return torch.autograd.grad(loss, inputs)
+from helpers import projected_grads  # tests/helpers.py
 
 
 def test_linear_recurrence_matches_loop_forward_and_backward():
@@ -36,7 +30,7 @@ def test_linear_recurrence_matches_loop_forward_and_backward():
         states.append(h)
     reference = torch.stack(states)
     torch.testing.assert_close(ours, reference)
-    for g1, g2 in zip(_grads([ours], [a, b, h0]), _grads([reference], [a, b, h0])):
+    for g1, g2 in zip(projected_grads([ours], [a, b, h0]), projected_grads([reference], [a, b, h0])):
         torch.testing.assert_close(g1, g2)
 
 
@@ -78,7 +72,7 @@ def test_causal_conv_fast_path_equals_reference(time_major, with_state, with_bia
     reference = causal_conv1d_reference(x, weight, bias, state0, activation)
     for ours, expected in zip(fast, reference):
         torch.testing.assert_close(ours, expected)
-    for g1, g2 in zip(_grads(fast, inputs), _grads(reference, inputs)):
+    for g1, g2 in zip(projected_grads(fast, inputs), projected_grads(reference, inputs)):
         torch.testing.assert_close(g1, g2)
 
 
@@ -116,7 +110,7 @@ def test_selective_scan_equals_sequential(with_state):
     y2, s2 = selective_scan_sequential(u, delta, A, B, C, D, z, bias, True, h0)
     torch.testing.assert_close(y1, y2, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(s1, s2, rtol=1e-4, atol=1e-5)
-    for g1, g2 in zip(_grads([y1, s1], inputs), _grads([y2, s2], inputs)):
+    for g1, g2 in zip(projected_grads([y1, s1], inputs), projected_grads([y2, s2], inputs)):
         torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-4)
 
 
@@ -138,7 +132,7 @@ def test_ssd_chunked_equals_sequential(length, chunk, groups, with_state):
     y2, s2 = ssd_sequential(x, dt, A, B, C, D, bias, initial_state=h0)
     torch.testing.assert_close(y1, y2, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(s1, s2, rtol=1e-4, atol=1e-4)
-    for g1, g2 in zip(_grads([y1, s1], inputs), _grads([y2, s2], inputs)):
+    for g1, g2 in zip(projected_grads([y1, s1], inputs), projected_grads([y2, s2], inputs)):
         torch.testing.assert_close(g1, g2, rtol=1e-3, atol=1e-3)
 
 
@@ -223,6 +217,50 @@ def test_decayed_scores_node_equals_autograd_of_its_expression():
     ours = DecayedScores.apply(CB, cum)
     expected = CB.unsqueeze(3) * _segment_decay(cum)
     torch.testing.assert_close(ours, expected)
-    for g1, g2 in zip(_grads([ours], [CB, cum]), _grads([expected], [CB, cum])):
+    for g1, g2 in zip(projected_grads([ours], [CB, cum]), projected_grads([expected], [CB, cum])):
         torch.testing.assert_close(g1, g2)
     assert torch.autograd.gradcheck(DecayedScores.apply, (CB, cum))
+
+
+def test_segment_decay_floor_keeps_the_causal_mask_exact():
+    """Log-decays far below LOG_DECAY_FLOOR (exp's slow underflow path) become exp(floor), huge positive differences
+    above the diagonal become exact zeros (no inf * 0), and the in-place form equals the differentiable one."""
+    from hier_mamba.ops.decay import LOG_DECAY_FLOOR
+    from hier_mamba.ops.ssd import _segment_decay
+
+    cum = torch.tensor([0.0, -50.0, -500.0, -5000.0], dtype=torch.float64)
+    decay = _segment_decay(cum, torch.float32, inplace=True)
+    torch.testing.assert_close(decay, _segment_decay(cum, torch.float32))
+    floor = torch.exp(torch.tensor(LOG_DECAY_FLOOR))
+    expected = torch.tensor([[1.0, 0, 0, 0], [float(torch.exp(torch.tensor(-50.0))), 1.0, 0, 0],
+                             [floor, floor, 1.0, 0], [floor, floor, floor, 1.0]])
+    torch.testing.assert_close(decay, expected, rtol=1e-6, atol=0.0)
+    assert (decay.triu(1) == 0).all()
+
+
+def test_scans_with_decays_beyond_the_floor_equal_their_references():
+    """Delta |A| up to ~1000 per step: the SSD and Mamba1 scans, whose decays are floored at exp(-87), equal the
+    step-by-step references (whose exp underflows to 0) to fp32 precision, forward and backward."""
+    torch.manual_seed(7)
+    b, length, h, p, n = 1, 24, 2, 4, 3
+    x, B, C = torch.randn(b, length, h, p), torch.randn(b, length, 1, n), torch.randn(b, length, 1, n)
+    dt = torch.rand(b, length, h) * 10
+    A = torch.tensor([-1.0, -100.0])
+    inputs = [x.requires_grad_(), dt.requires_grad_(), B.requires_grad_(), C.requires_grad_()]
+    chunked = ssd_chunked(x, dt, A, B, C, 8, dt_softplus=False)
+    sequential = ssd_sequential(x, dt, A, B, C, dt_softplus=False)
+    for ours, expected in zip(chunked, sequential):
+        torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
+    for g1, g2 in zip(projected_grads(chunked, inputs), projected_grads(sequential, inputs)):
+        torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-4)
+
+    d = 3
+    u, delta = torch.randn(b, d, length, requires_grad=True), (torch.rand(b, d, length) * 10).requires_grad_()
+    A1 = torch.tensor([[-1.0, -30.0, -100.0]] * d)
+    B1, C1 = torch.randn(b, n, length), torch.randn(b, n, length)
+    ours = selective_scan(u, delta, A1, B1, C1, delta_softplus=False)
+    expected = selective_scan_sequential(u, delta, A1, B1, C1, delta_softplus=False)
+    for o, e in zip(ours, expected):
+        torch.testing.assert_close(o, e, rtol=1e-5, atol=1e-5)
+    for g1, g2 in zip(projected_grads(ours, [u, delta]), projected_grads(expected, [u, delta])):
+        torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-4)

@@ -24,6 +24,7 @@ import torch
 
 from .conv import causal_conv1d, causal_conv1d_step
 from .selective_scan import selective_scan, selective_state_update
+from .split_conv import split_causal_conv1d
 from .ssd import ssd_chunked, ssd_state_update
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,10 @@ CONV_CHANNEL_MULTIPLE = 8  # causal_conv1d's channel-last kernel (the one that t
 
 @dataclass(frozen=True)
 class Ops:
-    """The ops one mixer call uses; see ops/conv.py, ops/selective_scan.py and ops/ssd.py for shapes."""
+    """The ops one mixer call uses; see ops/conv.py, ops/selective_scan.py and ops/ssd.py for shapes.
+
+    ``split_conv`` (ops/split_conv.py) fuses Mamba2's projection split with ``conv``; a bundle without it (None:
+    the kernels, whose own fusion takes the whole mixer) gets the split and ``conv`` called one after the other."""
 
     name: str
     conv: Callable
@@ -46,10 +50,11 @@ class Ops:
     selective_state_update: Callable
     ssd: Callable
     ssd_state_update: Callable
+    split_conv: Callable | None = None
 
 
 TORCH_OPS = Ops("torch", causal_conv1d, causal_conv1d_step, selective_scan, selective_state_update,
-                ssd_chunked, ssd_state_update)
+                ssd_chunked, ssd_state_update, split_causal_conv1d)
 
 
 @functools.lru_cache(maxsize=1)

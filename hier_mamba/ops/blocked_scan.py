@@ -25,6 +25,8 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
+from .decay import exp_decay_
+
 DEFAULT_BLOCK = 64  # steps per block: (64, b, n, d) fp32 buffers stay in cache at b d n ~ 16k
 
 
@@ -116,7 +118,7 @@ def _scan_block(buffers: _BlockBuffers, delta, u, A_t, B, h0):
     Returns dA = exp(Delta A) and the states h_t, both (T, b, n, d) buffers of ``buffers``."""
     shape = (delta.shape[0], delta.shape[1], A_t.shape[0], delta.shape[2])
     dA, states = buffers.take("dA", shape), buffers.take("states", shape)
-    torch.mul(delta.unsqueeze(-2), A_t, out=dA).exp_()
+    exp_decay_(torch.mul(delta.unsqueeze(-2), A_t, out=dA))
     torch.mul(B.unsqueeze(-1), (delta * u).unsqueeze(-2), out=states)  # dBu, overwritten by the states below
     prev = h0
     for t in range(states.shape[0]):

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from .decay import LOG_DECAY_FLOOR
+
 
 def ssd_chunked(
     x: torch.Tensor,
@@ -227,7 +229,7 @@ class DecayedScores(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, CB, cum):
-        decay = _segment_decay(cum, CB.dtype)  # (b, c, g, r, q, s)
+        decay = _segment_decay(cum, CB.dtype, inplace=True)  # (b, c, g, r, q, s)
         ctx.save_for_backward(CB, decay)
         return CB.unsqueeze(3) * decay
 
@@ -241,13 +243,18 @@ class DecayedScores(torch.autograd.Function):
         return grad_CB, weighted.sum(-1) - weighted.sum(-2)  # (b, c, g, r, q): + as cum_q, - as cum_s
 
 
-def _segment_decay(cum: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """exp(cum_q - cum_s) for s <= q, else 0, the difference in cum's dtype, the result in ``dtype`` (default:
-    cum's). cum: (..., q) -> (..., q, s)."""
-    diff = (cum.unsqueeze(-1) - cum.unsqueeze(-2)).to(dtype or cum.dtype)  # (..., q, s)
+def _segment_decay(cum: torch.Tensor, dtype: torch.dtype | None = None, inplace: bool = False) -> torch.Tensor:
+    """exp(cum_q - cum_s) for s <= q, else 0, the difference taken in cum's dtype, the result in ``dtype`` (default:
+    cum's), log-decays below LOG_DECAY_FLOOR raised to it (ops/decay.py). cum: (..., q) -> (..., q, s).
+    inplace: one buffer, no autograd through it (inside an autograd.Function)."""
     Q = cum.shape[-1]
     causal = torch.ones(Q, Q, dtype=torch.bool, device=cum.device).tril()
-    return torch.exp(diff.masked_fill(~causal, float("-inf")))
+    if inplace:
+        diff = torch.sub(cum.unsqueeze(-1), cum.unsqueeze(-2),
+                         out=cum.new_empty(*cum.shape, Q, dtype=dtype or cum.dtype))  # (..., q, s)
+        return diff.clamp_(LOG_DECAY_FLOOR, 0.0).exp_().masked_fill_(~causal, 0.0)
+    diff = (cum.unsqueeze(-1) - cum.unsqueeze(-2)).to(dtype or cum.dtype)  # (..., q, s)
+    return torch.exp(diff.clamp(LOG_DECAY_FLOOR, 0.0)).masked_fill(~causal, 0.0)
 
 
 def _per_head(D: torch.Tensor) -> torch.Tensor:
