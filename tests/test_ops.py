@@ -114,9 +114,22 @@ def test_selective_scan_equals_sequential(with_state):
         torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-4)
 
 
+@pytest.fixture(params=["factorized", "segments"])
+def ssd_form(request, monkeypatch):
+    """Which intra-chunk form ssd_chunked takes: the factorized decays wherever they fit (checked through a spy),
+    or the per-head segment decays (forced)."""
+    from hier_mamba.ops import ssd
+
+    taken = []
+    decide = ssd._factorizable if request.param == "factorized" else (lambda cum: False)
+    monkeypatch.setattr(ssd, "_factorizable", lambda cum: taken.append(decide(cum)) or taken[-1])
+    yield request.param
+    assert taken and all(taken) == (request.param == "factorized"), taken
+
+
 @pytest.mark.parametrize("length,chunk,groups", [(50, 16, 1), (64, 16, 2), (5, 64, 1), (1, 8, 2)])
 @pytest.mark.parametrize("with_state", [False, True])
-def test_ssd_chunked_equals_sequential(length, chunk, groups, with_state):
+def test_ssd_chunked_equals_sequential(length, chunk, groups, with_state, ssd_form):
     torch.manual_seed(3)
     b, h, p, n = 2, 4, 3, 5
     x = torch.randn(b, length, h, p, requires_grad=True)
@@ -136,13 +149,17 @@ def test_ssd_chunked_equals_sequential(length, chunk, groups, with_state):
         torch.testing.assert_close(g1, g2, rtol=1e-3, atol=1e-3)
 
 
-def test_ssd_chunked_is_as_precise_as_the_recurrence_for_large_decays():
+@pytest.mark.parametrize("A_max,form", [(24.0, "segments"), (5.0, "factorized")])
+def test_ssd_chunked_is_as_precise_as_the_recurrence_for_large_decays(A_max, form):
     """fp32 error against a float64 recurrence, A from -1 to -24 (transformers' Mamba2 init range), 4 chunks of
-    64: the chunked scan's cumulated log-decays must not cost digits (fp32 cumulative sums gave 17x the error)."""
+    64: the chunked scan's cumulated log-decays must not cost digits (fp32 cumulative sums gave 17x the error).
+    Up to -5 the chunks' log-decay ranges reach ~70 and the factorized form runs: its factors must not either."""
+    from hier_mamba.ops import ssd
+
     torch.manual_seed(6)
     b, length, h, p, n = 2, 256, 8, 16, 16
     x, B, C = torch.randn(b, length, h, p), torch.randn(b, length, 1, n), torch.randn(b, length, 1, n)
-    A = -torch.exp(torch.linspace(0.0, float(torch.log(torch.tensor(24.0))), h))
+    A = -torch.exp(torch.linspace(0.0, float(torch.log(torch.tensor(A_max))), h))
     dt = torch.nn.functional.softplus(torch.randn(b, length, h) - 2)
     state, expected = torch.zeros(b, h, p, n, dtype=torch.float64), []
     for t in range(length):  # (b, h, p, n): H_t = exp(dt A) H_{t-1} + dt x_t B_t^T; y_t = H_t C_t
@@ -150,6 +167,9 @@ def test_ssd_chunked_is_as_precise_as_the_recurrence_for_large_decays():
                  + (x[:, t].double() * dt[:, t, :, None].double())[..., None] * B[:, t, :, None].double())
         expected.append((state * C[:, t, :, None].double()).sum(-1))
     expected = torch.stack(expected, dim=1)  # (b, l, h, p)
+    cum = torch.cumsum((dt * A).view(b, length // 64, 64, h), dim=2)
+    assert ssd._factorizable(cum.double().movedim(2, -1)) == (form == "factorized")
+    assert cum.min() < -60, cum.min()  # decays that reach far down the factors' range
     chunked_error = (ssd_chunked(x, dt, A, B, C, 64, dt_softplus=False)[0].double() - expected).abs().max()
     step_error = (ssd_sequential(x, dt, A, B, C, dt_softplus=False)[0].double() - expected).abs().max()
     assert chunked_error <= 2 * step_error, (chunked_error.item(), step_error.item())

@@ -75,9 +75,10 @@ def _ssd_scan(x, dt, A, B, C, chunk_size: int, D, initial_state) -> tuple[torch.
     pad = (Q - length % Q) % Q
     chunks = (length + pad) // Q
 
-    # 1. Pad to whole chunks; x dt as (b, c, g, q, r, p), B, C as (b, c, g, q, n), log-decays cumulated in a chunk.
-    x_dt = _pad_time(x.float() * dt.unsqueeze(-1), pad).view(batch, chunks, Q, groups, rep, head_dim)
-    x_dt = x_dt.transpose(2, 3).contiguous()  # (b, c, g, q, r, p); no copy for one group
+    # 1. Pad to whole chunks; x as (b, c, g, q, r, p) and dt as (b, c, g, q, r) (views for one group), B, C as
+    #    (b, c, g, q, n), log-decays cumulated in a chunk. x dt is formed with the decays in step 2.
+    x_c = _pad_time(x.float(), pad).view(batch, chunks, Q, groups, rep, head_dim).transpose(2, 3)
+    dt_c = _pad_time(dt, pad).view(batch, chunks, Q, groups, rep).transpose(2, 3)
     # The cumulated log-decays are float64: exp(cum_q - cum_s) of two long fp32 sums loses digits when |dt A| is
     # large (transformers' init has A down to -24), 17x the error of the step-by-step recurrence at A = -24; in
     # float64 the differences are exact to fp32 (tests/test_ops.py). The tensor is small: (b, c, g, r, q).
@@ -87,17 +88,14 @@ def _ssd_scan(x, dt, A, B, C, chunk_size: int, D, initial_state) -> tuple[torch.
     B = _pad_time(B.float(), pad).view(batch, chunks, Q, groups, state_size).transpose(2, 3).contiguous()
     C = _pad_time(C.float(), pad).view(batch, chunks, Q, groups, state_size).transpose(2, 3).contiguous()
 
-    # 2. Intra-chunk (diagonal blocks): y_q = sum_{s<=q} C_q.B_s exp(cum_q - cum_s) x_s dt_s, one matmul per head.
-    scores = DecayedScores.apply(C @ B.transpose(-1, -2), cum64)  # (b, c, g, r, q, s)
-    y_diag = scores @ x_dt.transpose(3, 4).contiguous()  # (b, c, g, r, q, p); head-major copy: matmul wants it
-
-    # 3. Each chunk's own end state, from its inputs alone: (n, q) @ (q, r p) per chunk.
-    to_end = torch.exp((cum64[..., -1:] - cum64).float()).transpose(-1, -2).unsqueeze(-1)  # (b, c, g, q, r, 1)
-    chunk_states = B.transpose(-1, -2) @ (x_dt * to_end).flatten(-2)  # (b, c, g, n, r p)
+    # 2-3. Intra-chunk outputs (diagonal blocks), y_q = sum_{s<=q} C_q.B_s exp(cum_q - cum_s) x_s dt_s, and each
+    #      chunk's own end state, from its inputs alone.
+    diagonal = _diagonal_factorized if _factorizable(cum64) else _diagonal_segments
+    y_diag, chunk_states = diagonal(x_c, dt_c, cum64, B, C)  # (b, c, g, q, r, p), (b, c, g, n, r p)
 
     # 4. Inter-chunk recurrence: the state entering each chunk, and the final state, as (b, g, n, r p).
     if initial_state is None:
-        start = x_dt.new_zeros(batch, groups, state_size, rep * head_dim)
+        start = chunk_states.new_zeros(batch, groups, state_size, rep * head_dim)
     else:  # (b, h, p, n) -> (b, g, n, r p)
         start = initial_state.float().view(batch, groups, rep, head_dim, state_size).permute(0, 1, 4, 2, 3)
         start = start.reshape(batch, groups, state_size, rep * head_dim)
@@ -113,7 +111,7 @@ def _ssd_scan(x, dt, A, B, C, chunk_size: int, D, initial_state) -> tuple[torch.
 
     # 5. Off-diagonal blocks: the entering state read out by C, (q, n) @ (n, r p), decayed since the chunk start.
     y = (C @ entering).view(batch, chunks, groups, Q, rep, head_dim)  # (b, c, g, q, r, p)
-    y = torch.addcmul(y_diag.transpose(3, 4), y, torch.exp(dA_cum).transpose(-1, -2).unsqueeze(-1))
+    y = torch.addcmul(y_diag, y, torch.exp(dA_cum).transpose(-1, -2).unsqueeze(-1))
     y = y.transpose(2, 3).reshape(batch, chunks * Q, heads, head_dim)[:, :length]  # (b, l, h, p); a view for g = 1
 
     # 6. Skip connection.
@@ -121,6 +119,51 @@ def _ssd_scan(x, dt, A, B, C, chunk_size: int, D, initial_state) -> tuple[torch.
         y = torch.addcmul(y, x.float(), _per_head(D))
     final_state = start.view(batch, groups, state_size, rep, head_dim).permute(0, 1, 3, 4, 2)  # (b, g, r, p, n)
     return y, final_state.reshape(batch, heads, head_dim, state_size)
+
+
+FACTOR_RANGE = 88.0
+"""Largest log-decay range within a chunk for :func:`_diagonal_factorized`: its factors stay within exp(+-44)."""
+
+
+def _factorizable(cum64: torch.Tensor) -> bool:
+    """Whether every chunk's log-decay range (-cum at its end; cum64: (b, c, g, r, q)) is within FACTOR_RANGE.
+    Under torch.compile (no data-dependent branch) the segment form always runs."""
+    return not torch.compiler.is_compiling() and bool((cum64[..., -1] >= -FACTOR_RANGE).all())
+
+
+def _diagonal_factorized(x, dt, cum64, B, C):
+    """Intra-chunk outputs and chunk end states with the decays factorized: exp(cum_q - cum_s) =
+    exp(cum_q - m) exp(m - cum_s), m = cum_end / 2 the middle of the chunk's log-decay range. The decays move onto
+    the inputs and outputs, so the intra-chunk product is one (q, s) @ (s, r p) matmul per chunk shared by the
+    group's heads and no (q, s) decay is formed per head. Only for ranges within FACTOR_RANGE (the factors are
+    within exp(+-44); each is exp of a float64 difference, so a product is as precise as the segment form's).
+
+    x: (b, c, g, q, r, p); dt: (b, c, g, q, r); cum64: (b, c, g, r, q) float64; B, C: (b, c, g, q, n).
+    Returns y_diag (b, c, g, q, r, p) and chunk_states (b, c, g, n, r p)."""
+    Q, rep, head_dim = x.shape[3], x.shape[4], x.shape[5]
+    mid = cum64[..., -1:] / 2  # (b, c, g, r, 1)
+
+    def per_token(log_factor: torch.Tensor) -> torch.Tensor:  # (b, c, g, r, q) -> (b, c, g, q, r) in fp32
+        return torch.exp(log_factor).float().transpose(-1, -2)
+
+    x_in = (x * (dt * per_token(mid - cum64)).unsqueeze(-1)).flatten(-2)  # (b, c, g, q, r p): x dt decayed back to m
+    causal = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril()
+    CB = (C @ B.transpose(-1, -2)).masked_fill(~causal, 0.0)  # (b, c, g, q, s)
+    y_diag = (CB @ x_in).unflatten(-1, (rep, head_dim)) * per_token(cum64 - mid).unsqueeze(-1)  # (b,c,g,q,r,p)
+    chunk_states = (B.transpose(-1, -2) @ x_in).unflatten(-1, (rep, head_dim))  # (b, c, g, n, r, p) at m
+    chunk_states = chunk_states * torch.exp(mid).float().unsqueeze(3)  # decayed on to the chunk end: exp(cum_end - m)
+    return y_diag, chunk_states.flatten(-2)
+
+
+def _diagonal_segments(x, dt, cum64, B, C):
+    """:func:`_diagonal_factorized` for any log-decay range: the (q, s) decays exp(cum_q - cum_s) formed per head
+    (:class:`DecayedScores`), one (q, s) @ (s, p) matmul per head. Same arguments and returns."""
+    x_dt = (x * dt.unsqueeze(-1)).contiguous()  # (b, c, g, q, r, p)
+    scores = DecayedScores.apply(C @ B.transpose(-1, -2), cum64)  # (b, c, g, r, q, s)
+    y_diag = scores @ x_dt.transpose(3, 4).contiguous()  # (b, c, g, r, q, p); head-major copy: matmul wants it
+    to_end = torch.exp((cum64[..., -1:] - cum64).float()).transpose(-1, -2).unsqueeze(-1)  # (b, c, g, q, r, 1)
+    chunk_states = B.transpose(-1, -2) @ (x_dt * to_end).flatten(-2)  # (b, c, g, n, r p)
+    return y_diag.transpose(3, 4), chunk_states
 
 
 def _pad_time(t: torch.Tensor, pad: int) -> torch.Tensor:
