@@ -149,11 +149,11 @@ def test_ssd_chunked_equals_sequential(length, chunk, groups, with_state, ssd_fo
         torch.testing.assert_close(g1, g2, rtol=1e-3, atol=1e-3)
 
 
-@pytest.mark.parametrize("A_max,form", [(24.0, "segments"), (5.0, "factorized")])
+@pytest.mark.parametrize("A_max,form", [(24.0, "segments"), (8.0, "factorized")])
 def test_ssd_chunked_is_as_precise_as_the_recurrence_for_large_decays(A_max, form):
     """fp32 error against a float64 recurrence, A from -1 to -24 (transformers' Mamba2 init range), 4 chunks of
     64: the chunked scan's cumulated log-decays must not cost digits (fp32 cumulative sums gave 17x the error).
-    Up to -5 the chunks' log-decay ranges reach ~70 and the factorized form runs: its factors must not either."""
+    Up to -8 the chunks' log-decay ranges reach ~100 and the factorized form runs: its factors must not either."""
     from hier_mamba.ops import ssd
 
     torch.manual_seed(6)
@@ -169,7 +169,7 @@ def test_ssd_chunked_is_as_precise_as_the_recurrence_for_large_decays(A_max, for
     expected = torch.stack(expected, dim=1)  # (b, l, h, p)
     cum = torch.cumsum((dt * A).view(b, length // 64, 64, h), dim=2)
     assert ssd._factorizable(cum.double().movedim(2, -1)) == (form == "factorized")
-    assert cum.min() < -60, cum.min()  # decays that reach far down the factors' range
+    assert cum.min() < -90, cum.min()  # decays that reach far down the factors' range
     chunked_error = (ssd_chunked(x, dt, A, B, C, 64, dt_softplus=False)[0].double() - expected).abs().max()
     step_error = (ssd_sequential(x, dt, A, B, C, dt_softplus=False)[0].double() - expected).abs().max()
     assert chunked_error <= 2 * step_error, (chunked_error.item(), step_error.item())
