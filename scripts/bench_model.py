@@ -187,17 +187,21 @@ def part_timings(kind: str, batch: int, length: int, reps: int, device) -> dict:
     def best_ms(fn, *inputs) -> float:
         def run():
             out = fn(*inputs)
-            out = out[0] if isinstance(out, tuple) else out
-            out.backward(torch.ones_like(out))
+            outputs = list(out) if isinstance(out, (tuple, list)) else [out]
+            torch.autograd.backward(outputs, [torch.ones_like(t) for t in outputs])
         run()
         return 1e3 * min(timed(run, device) for _ in range(reps))
 
     b, l, d, e = batch, length, HIDDEN, mixer.d_inner
     parts = {"pre-norm RMSNorm": best_ms(block.norm, leaf(b, l, d)), "in_proj": best_ms(mixer.in_proj, leaf(b, l, d))}
     if kind == "mamba2":
-        conv_in = leaf(b, l, mixer.conv_dim).transpose(1, 2)  # the mixer's layout: a view of (b, l, c)
-        parts["conv + SiLU"] = best_ms(lambda x: ops.conv(x, mixer.conv1d.weight.squeeze(1), mixer.conv1d.bias)[0],
-                                       conv_in)
+        def split_conv(projected):  # the mixer's fused node: in_proj's output -> z, conv'd (x, B, C), dt
+            sizes = [mixer.d_inner, mixer.n_groups * mixer.state_size, mixer.n_groups * mixer.state_size]
+            z, xBC, dt, _ = ops.split_conv(projected, mixer.d_inner, sizes, mixer.conv1d.weight.squeeze(1),
+                                           mixer.conv1d.bias)
+            return [z, *xBC, dt]
+
+        parts["split + conv + SiLU"] = best_ms(split_conv, leaf(b, l, mixer.d_inner + mixer.conv_dim + mixer.heads))
         n = config.state_size
         parts["SSD scan (+ D)"] = best_ms(
             lambda x, dt, B, C: ops.ssd(x, dt, A, B, C, CHUNK, D=mixer.D, dt_bias=mixer.dt_bias)[0],
