@@ -9,7 +9,9 @@ seconds per step after two warm-up steps. Settings of the measured process:
 - ``torch default``: OMP_WAIT_POLICY and OMP_NUM_THREADS unset (threads spin while waiting, one per core);
 - ``scripts default``: OMP_WAIT_POLICY=PASSIVE, one thread per core (what ``scripts/*.py`` do);
 - ``scripts --threads auto``: PASSIVE and ``hier_mamba.threads.fit_threads("auto")`` (threads = the cores
-  free when the process starts).
+  free when the process starts);
+- ``short spin``: OMP_WAIT_POLICY unset and GOMP_SPINCOUNT=10000 (libgomp spins 10k iterations, ~tens of
+  microseconds, instead of its default 300k before a waiting thread sleeps).
 
 Load beside it: none, one single-threaded Python busy loop, or one more training process with torch's
 defaults (another user's job). Prints a markdown table with each time and its ratio to the idle
@@ -30,6 +32,7 @@ SETTINGS = {
     "torch default": {},
     "scripts default": {"OMP_WAIT_POLICY": "PASSIVE"},
     "scripts --threads auto": {"OMP_WAIT_POLICY": "PASSIVE", "HIER_MAMBA_BENCH_FIT": "1"},
+    "short spin": {"GOMP_SPINCOUNT": "10000"},
 }
 LOADS = ["idle", "python busy loop", "torch training job"]
 
@@ -99,6 +102,8 @@ def main() -> None:
     parser.add_argument("--config", default="configs/lm_tiny.yaml")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--max-seconds", type=float, default=60.0)
+    parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS),
+                        help="thread settings to measure (torch default is always measured: the base)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--forever", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--busy-loop", action="store_true", help=argparse.SUPPRESS)
@@ -113,7 +118,7 @@ def main() -> None:
     for load in LOADS:
         process = start_load(load, args)
         try:
-            for setting in SETTINGS:
+            for setting in dict.fromkeys(["torch default", *args.settings]):
                 results[load, setting] = measure(setting, args)
         finally:
             if process is not None:
