@@ -122,7 +122,8 @@ class HierMambaPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         """Linear normal(initializer_range); Embedding normal(config.embedding_init_std: HRM's 1/sqrt(d)
-        by default, the forward multiplies by sqrt(d)); mixers as mamba_ssm's Mamba/Mamba2 (S4D-real A,
+        by default, the forward multiplies by sqrt(d)); an untied lm_head LeCun normal (std 1/sqrt(d), HRM's);
+        mixers as mamba_ssm's Mamba/Mamba2 (S4D-real A,
         D = 1, dt bias = inverse softplus of a log-uniform dt, conv/out_proj kaiming-uniform, out_proj rescaled
         by 1/sqrt(layers)). in_proj keeps normal(initializer_range): mamba_ssm's kaiming-uniform (std
         ~1/sqrt(3d)) learned the successor task of tests/test_input_scale.py slower (loss ratio 0.28-0.33
@@ -137,6 +138,8 @@ class HierMambaPreTrainedModel(PreTrainedModel):
             init.copy_(module.L_init, fixed_initial_state(module.L_init.shape[0], L_INIT_SEED))
             module.H_init.requires_grad_(False)  # frozen: HRM's initial states never train
             module.L_init.requires_grad_(False)
+        elif module is getattr(self, "lm_head", None) and not self.config.tie_word_embeddings:
+            init.normal_(module.weight, std=self.config.hidden_size ** -0.5)  # HRM's head: LeCun normal
         elif getattr(module, "zero_init", False):  # output layers that must start silent (memory.py, synthetic_gradients.py)
             init.zeros_(module.weight)
             if module.bias is not None:
@@ -274,7 +277,8 @@ class HierMambaModel(HierMambaPreTrainedModel):
 
 
 class HierMambaForCausalLM(HierMambaPreTrainedModel, GenerationMixin):
-    """HierMambaModel + a (tied) LM head over z_H; next-token loss with -100 ignored; generate()."""
+    """HierMambaModel + an LM head over z_H (tied to the embeddings with tie_word_embeddings); next-token loss
+    with -100 ignored; generate()."""
 
     _tied_weights_keys = {"lm_head.weight": "model.embeddings.weight"}
     # A decoding step with a transformers StaticCache has static shapes and writes the states in place:

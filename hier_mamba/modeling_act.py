@@ -142,12 +142,10 @@ class HierMambaForTokenClassification(HierMambaPreTrainedModel):
         self.act_stream.reset()
 
     def _init_weights(self, module: nn.Module) -> None:
-        """The backbone's init, then HRM's heads: lm_head LeCun normal (std 1/sqrt(d)) and the Q-head
-        (weight 0, bias -5), which the generic Linear init would undo."""
+        """The backbone's init (the untied lm_head LeCun normal, HRM's), then HRM's Q-head (weight 0, bias -5),
+        which the generic Linear init would undo."""
         super()._init_weights(module)
-        if module is getattr(self, "lm_head", None):
-            init.normal_(module.weight, std=self.config.hidden_size ** -0.5)
-        elif module is getattr(self, "q_head", None):
+        if module is getattr(self, "q_head", None):
             init.zeros_(module.weight)
             init.constant_(module.bias, Q_HEAD_BIAS_INIT)
 

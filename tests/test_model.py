@@ -175,8 +175,21 @@ def test_one_step_gradient_differs_from_full_bptt():
     assert not torch.allclose(one_step[name], full[name])
 
 
+def test_the_lm_head_is_untied_by_default_and_stays_so_through_a_round_trip(tmp_path):
+    model = model_for(tiny())
+    assert model.config.tie_word_embeddings is False
+    assert model.lm_head.weight.data_ptr() != model.model.embeddings.weight.data_ptr()
+    head_std, d = model.lm_head.weight.std().item(), model.config.hidden_size
+    assert abs(head_std * d ** 0.5 - 1) < 0.15, head_std  # HRM's LeCun-normal head, not Linear's normal(0.02)
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert loaded.lm_head.weight.data_ptr() != loaded.model.embeddings.weight.data_ptr()
+    torch.testing.assert_close(loaded.lm_head.weight, model.lm_head.weight, rtol=0, atol=0)
+    assert not torch.equal(loaded.lm_head.weight, loaded.model.embeddings.weight)
+
+
 def test_save_load_round_trip_and_auto_classes(tmp_path):
-    model = model_for(tiny(mixer="mamba1"))
+    model = model_for(tiny(mixer="mamba1", tie_word_embeddings=True))
     model.save_pretrained(tmp_path)
     assert AutoConfig.from_pretrained(tmp_path).model_type == "hier_mamba"
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
