@@ -1,7 +1,7 @@
 """compile_decoding: the torch.compile'd one-token step decodes exactly what the eager step decodes.
 
 The tests trace with dynamo and run the captured graphs eagerly (backend="eager": seconds, not the minute an inductor
-build of the C++ kernels takes on CPU); scripts/bench.py decode checks the inductor build against eager before timing.
+build of the C++ kernels takes on CPU); benchmarks/bench.py decode checks the inductor build against eager before timing.
 """
 
 import pytest

@@ -1,4 +1,5 @@
-"""hier_mamba.threads: the free-core count, the thread choice, and that every script sets the wait policy first."""
+"""hier_mamba.threads: the free-core count, the thread choice, and that every script and benchmark sets the wait
+policy first."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import torch
 
 from hier_mamba import threads
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+ROOT = Path(__file__).resolve().parents[1]
+COMMANDS = sorted(str(p.relative_to(ROOT)) for folder in ("scripts", "benchmarks") for p in (ROOT / folder).glob("*.py"))
 
 
 @pytest.fixture
@@ -80,12 +82,12 @@ def _imports_torch(statement: ast.stmt) -> bool:
     return False
 
 
-@pytest.mark.parametrize("script", sorted(p.name for p in SCRIPTS.glob("*.py")))
+@pytest.mark.parametrize("script", COMMANDS)
 def test_scripts_set_the_wait_policy_before_torch_loads(script):
     """OpenMP reads OMP_WAIT_POLICY once, when torch loads it: a later assignment does nothing."""
-    body = ast.parse((SCRIPTS / script).read_text()).body
+    body = ast.parse((ROOT / script).read_text()).body
     if not any(_imports_torch(s) for s in body):
         pytest.skip(f"{script} does not import torch at module level")
     before_torch = list(itertools.takewhile(lambda s: not _imports_torch(s), body))
     assert any(_sets_wait_policy(s) for s in before_torch), (
-        f"scripts/{script} imports torch before os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')")
+        f"{script} imports torch before os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')")

@@ -1,17 +1,17 @@
 """Benchmarks of hier_mamba, each against a transformers peer measured in the same process.
 
-    python scripts/bench.py all    [--device cpu|cuda] [--plots docs/img] [--json results.json]
-    python scripts/bench.py mixer  # fwd+bwd tokens/s: Mamba1Mixer / Mamba2Mixer vs MambaMixer / Mamba2Mixer
-    python scripts/bench.py decode # ms/token at contexts 128..8192, cache bytes, vs HrmTextForCausalLM
-    python scripts/bench.py memory # peak training memory and step time vs cycles, per gradient setting
-    python scripts/bench.py credit # the same for the ACT puzzle model, per credit-assignment option, + slopes
-    python scripts/bench.py onestep # bptt_steps=2 step time vs cycles against one invocation's forward cost
-    python scripts/bench.py model  # LM training step vs Mamba2ForCausalLM / MambaForCausalLM(mambapy), FLOP/s
+    python benchmarks/bench.py all    [--device cpu|cuda] [--plots docs/img] [--json results.json]
+    python benchmarks/bench.py mixer  # fwd+bwd tokens/s: Mamba1Mixer / Mamba2Mixer vs MambaMixer / Mamba2Mixer
+    python benchmarks/bench.py decode # ms/token at contexts 128..8192, cache bytes, vs HrmTextForCausalLM
+    python benchmarks/bench.py memory # peak training memory and step time vs cycles, per gradient setting
+    python benchmarks/bench.py credit # the same for the ACT puzzle model, per credit-assignment option, + slopes
+    python benchmarks/bench.py onestep # bptt_steps=2 step time vs cycles against one invocation's forward cost
+    python benchmarks/bench.py model  # LM training step vs Mamba2ForCausalLM / MambaForCausalLM(mambapy), FLOP/s
 
-(GPU language-model benchmark against transformers' Mamba2 and mamba_ssm: scripts/bench_gpu.py.)
+(GPU language-model benchmark against transformers' Mamba2 and mamba_ssm: benchmarks/bench_gpu.py.)
 
 Timings: best of several repetitions (robust on a shared machine), synchronized on CUDA. `memory` and
-`credit` run each point in a fresh process (scripts/bench_memory.py): peak bytes allocated in a training
+`credit` run each point in a fresh process (benchmarks/harness.py): peak bytes allocated in a training
 step (profiler memory events on CPU, max_memory_allocated on CUDA), bytes saved for backward
 (saved_tensors_hooks), peak-RSS growth.
 """
@@ -21,24 +21,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: idle threads sleep (hier_mamba/threads.py)
 
 import torch
-import transformers
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing
-from bench_decode import bench_decode  # noqa: E402  (scripts/, beside this file)
-from bench_memory import loglog_slope, measure_step, mib, run_worker, table, timed, timed_cpu  # noqa: E402
-from bench_model import bench_model  # noqa: E402
-from hier_mamba import HierMambaConfig, HierMambaForCausalLM, HierMambaForTokenClassification  # noqa: E402
-from hier_mamba.mixers import MIXER_CLASSES  # noqa: E402
+from harness import (ROOT, bench_lm_config, header, loglog_slope, measure_step, mib, run_worker,  # first: it puts
+                     serve_worker, table, timed, timed_cpu)  # the checkout on sys.path
+from bench_decode import bench_decode
+from bench_model import bench_model
+from hier_mamba import HierMambaConfig, HierMambaForCausalLM, HierMambaForTokenClassification
+from hier_mamba.mixers import MIXER_CLASSES
 
 CYCLES = [(1, 1), (1, 2), (2, 2), (2, 4), (4, 4)]  # H_cycles x L_cycles = 1 .. 16
 GRADIENT_SETTINGS = {  # name -> HierMambaConfig overrides
@@ -57,16 +53,6 @@ CREDIT_OPTIONS = {  # credit-assignment option -> HierMambaConfig overrides
     "full_bptt_synthetic": dict(bptt_steps=None, synthetic_gradients=True),
 }
 CREDIT_BASE = dict(halt_max_steps=2, halt_exploration_prob=0.0)  # no exploration: every run does 2 segments
-
-
-# helpers ---------------------------------------------------------------------------------------
-def machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    name = next((l.split(":", 1)[1].strip() for l in cpuinfo.splitlines() if l.startswith("model name")),
-                platform.processor() or platform.machine())
-    return f"{name}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
 # 1. mixer: forward + backward throughput against transformers' mixers with the same weights
@@ -137,15 +123,13 @@ def bench_mixer(args, device) -> dict:
     return results
 
 
-# 2. decode: per-token latency and cache size vs context, against HrmText's KV cache: scripts/bench_decode.py
+# 2. decode: per-token latency and cache size vs context, against HrmText's KV cache: benchmarks/bench_decode.py
 
 
 # 3. memory and 4. credit: peak training memory and step time vs cycles (each point in a fresh process)
 def lm_workload(spec: dict):
     """HierMambaForCausalLM hidden 256, H_layers = L_layers = 2, mamba2; a step: LM loss on random bytes."""
-    config = HierMambaConfig(vocab_size=256, hidden_size=256, H_layers=2, L_layers=2, mixer="mamba2", state_size=64,
-                             head_dim=64, H_cycles=spec["H"], L_cycles=spec["L"], ssm_backend=spec["backend"],
-                             **spec["setting"])
+    config = bench_lm_config(H_cycles=spec["H"], L_cycles=spec["L"], ssm_backend=spec["backend"], **spec["setting"])
     ids = torch.randint(1, 256, (spec["batch"], spec["length"]))
     return HierMambaForCausalLM(config), dict(input_ids=ids, labels=ids)
 
@@ -168,7 +152,7 @@ WORKLOADS = {"lm": lm_workload, "puzzle": puzzle_workload}
 
 
 def memory_worker(spec: dict) -> dict:
-    """One configuration (run as ``bench.py memory-worker <spec>``): bench_memory.measure_step of a training step."""
+    """One configuration (run as ``bench.py memory-worker <spec>``): harness.measure_step of a training step."""
     device = torch.device(spec["device"])
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
@@ -384,8 +368,7 @@ def plot(results: dict, out_dir: Path) -> None:
 
 
 def main() -> None:
-    if len(sys.argv) == 3 and sys.argv[1] == "memory-worker":  # internal: one memory point, JSON on stdout
-        print(json.dumps(memory_worker(json.loads(sys.argv[2]))))
+    if serve_worker(memory_worker):  # internal: one memory point, JSON on stdout
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("section", choices=["mixer", "decode", "memory", "credit", "onestep", "model", "all"])
@@ -422,11 +405,9 @@ def main() -> None:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device visible to torch")
-    print(f"# {' '.join(sys.argv)}\n# {machine(device)}; torch {torch.__version__}, transformers "
-          f"{transformers.__version__}, python {platform.python_version()}", flush=True)
+    header(device)
     benches = {"mixer": bench_mixer, "decode": bench_decode, "memory": bench_memory, "credit": bench_credit,
-               "onestep": bench_onestep,
-               "model": lambda args, device: bench_model(args, device, table)}
+               "onestep": bench_onestep, "model": bench_model}
     results = {}
     for section in list(benches) if args.section == "all" else [args.section]:
         start = time.perf_counter()

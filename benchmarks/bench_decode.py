@@ -1,6 +1,6 @@
-"""The decode section of scripts/bench.py: per-token latency and cache size against transformers' HrmText at
+"""The decode section of benchmarks/bench.py: per-token latency and cache size against transformers' HrmText at
 growing contexts, and greedy generate() at batch 1 and 16 against Mamba2ForCausalLM (eager, and with
-compile_decoding()). Run it as ``python scripts/bench.py decode``.
+compile_decoding()). Run it as ``python benchmarks/bench.py decode``.
 """
 
 from __future__ import annotations
@@ -15,16 +15,14 @@ import time
 
 import torch
 
-from bench_memory import mib, table, timed, timed_cpu  # scripts/, beside this file
-from hier_mamba import HierMambaConfig, HierMambaForCausalLM
+from harness import bench_lm_config, mib, table, timed, timed_cpu  # benchmarks/, beside this file
+from hier_mamba import HierMambaForCausalLM
 
 
 def decode_models(device, backend: str, max_positions: int):
     from transformers import HrmTextConfig, HrmTextForCausalLM
 
-    ours = HierMambaForCausalLM(HierMambaConfig(
-        vocab_size=256, hidden_size=256, H_layers=2, L_layers=2, H_cycles=2, L_cycles=2, mixer="mamba2",
-        state_size=64, head_dim=64, ssm_backend=backend))
+    ours = HierMambaForCausalLM(bench_lm_config(H_cycles=2, L_cycles=2, ssm_backend=backend))
     peer = HrmTextForCausalLM(HrmTextConfig(
         vocab_size=256, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
         head_dim=64, H_cycles=2, L_cycles=2, L_bp_cycles=[2], max_position_embeddings=max_positions,

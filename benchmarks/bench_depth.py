@@ -1,14 +1,14 @@
 """Very deep H and L stacks: training memory and step time against depth, with and without depth-wise
 gradient checkpointing, and a 2 x N-block model trained at a few sequence lengths with it.
 
-    nice -n 10 python scripts/bench_depth.py [--sections depth overhead goal] [--depths 2 4 8 16 32 64]
+    nice -n 10 python benchmarks/bench_depth.py [--sections depth overhead goal] [--depths 2 4 8 16 32 64]
         [--length 1024] [--hidden 256] [--overhead-depths 4 16] [--goal-layers 50] [--goal-lengths 1024 4096]
         [--json docs/results/bench_depth.json] [--plot docs/img/bench_depth.png]
 
 depth: HierMambaForCausalLM with H_layers = L_layers = depth and H_cycles = L_cycles = 1, so one forward
     runs L then H once and every block's activations are recorded (the recorded depth of HRM's one-step
     gradient at any cycle count; more cycles add no-grad forwards, i.e. time, not memory). One
-    forward + backward per point, each point in a fresh process (scripts/bench_memory.py): peak bytes
+    forward + backward per point, each point in a fresh process (benchmarks/harness.py): peak bytes
     allocated in the step (profiler), peak RSS of the process, best step time; with and without
     ``gradient_checkpointing``. Linear fits give the slope per depth step of each, and the fitted lines
     say at how many blocks per stack the peak RSS plus AdamW's moments (8 B per parameter) would reach
@@ -25,19 +25,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP (hier_mamba/threads.py)
 
-import torch  # noqa: E402
+import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing
-from bench_memory import loglog_slope, measure_step, rss_bytes, run_worker, table  # noqa: E402  (scripts/, beside this file)
-from hier_mamba import HierMambaConfig, HierMambaForCausalLM  # noqa: E402
+from harness import (bench_lm_config, header, loglog_slope, measure_step, rss_bytes, run_worker,  # first: it puts
+                     serve_worker, table)  # the checkout on sys.path
+from hier_mamba import HierMambaForCausalLM
 
 MIB = 2**20
 ADAM_BYTES_PER_PARAMETER = 8  # AdamW's two fp32 moments; a fwd+bwd step does not allocate them
@@ -45,9 +42,8 @@ ADAM_BYTES_PER_PARAMETER = 8  # AdamW's two fp32 moments; a fwd+bwd step does no
 
 def model_for(spec: dict) -> HierMambaForCausalLM:
     """The byte-level LM of ``spec``: hidden, depth (blocks per stack), cycles; mamba2, head_dim 64."""
-    config = HierMambaConfig(vocab_size=256, hidden_size=spec["hidden"], H_layers=spec["depth"],
-                             L_layers=spec["depth"], H_cycles=spec["cycles"], L_cycles=spec["cycles"],
-                             mixer="mamba2", state_size=64, head_dim=64, chunk_size=64, bptt_steps=2)
+    config = bench_lm_config(hidden_size=spec["hidden"], H_layers=spec["depth"], L_layers=spec["depth"],
+                             H_cycles=spec["cycles"], L_cycles=spec["cycles"], chunk_size=64, bptt_steps=2)
     torch.manual_seed(0)
     model = HierMambaForCausalLM(config).train()
     if spec["checkpointing"]:
@@ -56,7 +52,7 @@ def model_for(spec: dict) -> HierMambaForCausalLM:
 
 
 def depth_worker(spec: dict) -> dict:
-    """One (depth, checkpointing) point: bench_memory.measure_step of a forward + backward."""
+    """One (depth, checkpointing) point: harness.measure_step of a forward + backward."""
     model = model_for(spec)
     ids = torch.randint(1, 256, (spec["batch"], spec["length"]), generator=torch.Generator().manual_seed(0))
 
@@ -289,8 +285,7 @@ def worker(spec: dict) -> dict:
 
 
 def main() -> None:
-    if len(sys.argv) == 3 and sys.argv[1] == "memory-worker":  # internal: one point, JSON on stdout
-        print(json.dumps(worker(json.loads(sys.argv[2]))))
+    if serve_worker(worker):  # internal: one point, JSON on stdout
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--depths", type=int, nargs="+", default=[2, 4, 8, 16, 32, 64], help="blocks per stack")
@@ -315,8 +310,7 @@ def main() -> None:
     if len(args.depths) < 2 or min(args.depths) < 1:
         raise SystemExit(f"--depths needs at least two positive depths, got {args.depths}")
     args.ram_bytes = ram_bytes()
-    print(f"# {' '.join(sys.argv)}\n# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"{args.ram_bytes / 2**30:.1f} GiB RAM; torch {torch.__version__}, {args.threads} threads", flush=True)
+    header(torch.device("cpu"), f", {args.ram_bytes / 2**30:.1f} GiB RAM, {args.threads} threads per point")
     start = time.perf_counter()
     results = json.loads(args.json.read_text()) if args.json and args.json.exists() else {}  # other sections kept
     if args.sections:  # the arguments of the latest run that measured something

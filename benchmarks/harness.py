@@ -1,11 +1,16 @@
-"""Memory and time of one training step, each configuration measured in a fresh process.
+"""What the benchmark scripts share: timing, markdown tables, the machine line, the benchmark model, and
+measuring one configuration in a fresh process.
 
-Used by scripts/bench.py (sections `memory` and `credit`): bench.py re-runs itself as
-``bench.py memory-worker '<json spec>'``; the worker builds the model the spec names, calls
-:func:`measure_step` and prints one JSON line, which :func:`run_worker` reads back. A fresh process
-per point keeps one configuration's allocator cache and peak RSS out of the next one's numbers.
+Timing: :func:`timed` (wall seconds, synchronized on CUDA) and :func:`timed_cpu` (also this process's CPU
+seconds). Tables: :func:`table` prints markdown. :func:`header` prints the command line and the machine.
+:func:`bench_lm_config` is the byte-level language model most sections time (hidden 256, 2 + 2 mamba2 blocks).
 
-Measures (all above the pre-step baseline, parameters excluded where it matters):
+Fresh-process points (bench.py's `memory` and `credit` sections, bench_depth.py): a script re-runs itself as
+``SCRIPT memory-worker '<json spec>'`` (:func:`serve_worker` answers that call); the worker builds the model
+the spec names, calls :func:`measure_step` and prints one JSON line, which :func:`run_worker` reads back. A
+fresh process per point keeps one configuration's allocator cache and peak RSS out of the next one's numbers.
+
+Measures of :func:`measure_step` (all above the pre-step baseline, parameters excluded where it matters):
     peak_bytes        peak of bytes allocated during one step: on CPU the running sum of the profiler's
                       ``[memory]`` alloc (+) / free (-) events in time order (exact, deterministic); on
                       CUDA ``max_memory_allocated``. Includes parameter gradients, temporaries and
@@ -25,6 +30,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
 import itertools
 import json
 import math
+import platform
 import resource
 import subprocess
 import sys
@@ -33,6 +39,37 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]  # the checkout: the scripts import hier_mamba from it uninstalled
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def bench_lm_config(**overrides):
+    """The benchmark language model: bytes in (vocab 256), hidden 256, H_layers = L_layers = 2, mamba2 with
+    state 64 and head_dim 64; ``overrides`` set the cycles, backend and gradient settings of a section."""
+    from hier_mamba import HierMambaConfig
+
+    return HierMambaConfig(**{**dict(vocab_size=256, hidden_size=256, H_layers=2, L_layers=2, mixer="mamba2",
+                                     state_size=64, head_dim=64), **overrides})
+
+
+def machine(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model name with its core and torch thread counts."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    name = next((l.split(":", 1)[1].strip() for l in cpuinfo.splitlines() if l.startswith("model name")),
+                platform.processor() or platform.machine())
+    return f"{name}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
+def header(device: torch.device, extra: str = "") -> None:
+    """Print the command line and the machine, library versions and ``extra`` as two comment lines."""
+    import transformers
+
+    print(f"# {' '.join(sys.argv)}\n# {machine(device)}{extra}; torch {torch.__version__}, transformers "
+          f"{transformers.__version__}, python {platform.python_version()}", flush=True)
 
 
 def sync(device: torch.device) -> None:
@@ -116,6 +153,15 @@ def measure_step(model: torch.nn.Module, step: Callable[[], None], device: torch
         peak = profiled_peak_bytes(step)
     return dict(peak_bytes=peak, saved_bytes=sum(saved.values()), rss_growth_bytes=rss_growth,
                 step_s=min(times), step_s_all=times)
+
+
+def serve_worker(worker: Callable[[dict], dict]) -> bool:
+    """If this process was started as ``SCRIPT memory-worker '<json spec>'`` (by :func:`run_worker`): print
+    ``worker(spec)`` as one JSON line and return True; else return False (a normal command line)."""
+    if len(sys.argv) == 3 and sys.argv[1] == "memory-worker":
+        print(json.dumps(worker(json.loads(sys.argv[2]))))
+        return True
+    return False
 
 
 def run_worker(script: str, spec: dict) -> dict:

@@ -1,13 +1,13 @@
-"""Training step time on an idle and on a busy machine, for three CPU thread settings (issue 12, part 4).
+"""Training step time on an idle and on a busy machine, for four CPU thread settings.
 
-    python scripts/bench_busy.py [--steps 10] [--max-seconds 60] [--config configs/lm_tiny.yaml]
+    python benchmarks/bench_busy.py [--steps 10] [--max-seconds 60] [--config configs/lm_tiny.yaml]
 
 Each measurement is a fresh child process that trains the model of ``--config`` (the README's model by
 default) on random bytes at the config's batch size and block size with AdamW, and reports the median
 seconds per step after two warm-up steps. Settings of the measured process:
 
 - ``torch default``: OMP_WAIT_POLICY and OMP_NUM_THREADS unset (threads spin while waiting, one per core);
-- ``scripts default``: OMP_WAIT_POLICY=PASSIVE, one thread per core (what ``scripts/*.py`` do);
+- ``scripts default``: OMP_WAIT_POLICY=PASSIVE, one thread per core (what ``scripts/*.py`` and ``benchmarks/*.py`` do);
 - ``scripts --threads auto``: PASSIVE and ``hier_mamba.threads.fit_threads("auto")`` (threads = the cores
   free when the process starts);
 - ``short spin``: OMP_WAIT_POLICY unset and GOMP_SPINCOUNT=10000 (libgomp spins 10k iterations, ~tens of
@@ -16,6 +16,9 @@ seconds per step after two warm-up steps. Settings of the measured process:
 Load beside it: none, one single-threaded Python busy loop, or one more training process with torch's
 defaults (another user's job). Prints a markdown table with each time and its ratio to the idle
 ``torch default`` time.
+
+Nothing at module level imports torch or benchmarks/harness.py (which sets OMP_WAIT_POLICY): the measured
+children run this file, and each must start with exactly the environment of its setting.
 """
 
 from __future__ import annotations
@@ -127,10 +130,11 @@ def main() -> None:
     base = results["idle", "torch default"]["s_per_step"]
     print(f"cores: {os.cpu_count()}; load average before: {load_before}, after: {os.getloadavg()}; "
           f"base {base:.3f} s/step\n")
-    print("| load | setting | threads | s/step | × idle torch default |")
-    print("|---|---|---|---|---|")
-    for (load, setting), r in results.items():
-        print(f"| {load} | {setting} | {r['threads']} | {r['s_per_step']:.3f} | {r['s_per_step'] / base:.2f}× |")
+    from harness import table  # here, not at the top: see the module docstring
+
+    print(table(["load", "setting", "threads", "s/step", "× idle torch default"],
+                [[load, setting, r["threads"], f"{r['s_per_step']:.3f}", f"{r['s_per_step'] / base:.2f}×"]
+                 for (load, setting), r in results.items()]))
 
 
 if __name__ == "__main__":

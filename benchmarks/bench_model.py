@@ -1,6 +1,6 @@
 """Model-level training throughput against transformers' Mamba models, and the fraction of the machine it uses.
 
-Used by scripts/bench.py (section `model`): four (five) causal LMs of the same width, depth and state size are
+Used by benchmarks/bench.py (section `model`): four (five) causal LMs of the same width, depth and state size are
 built in one process and timed round-robin, a training step each (forward, LM loss on random bytes, backward;
 no optimizer step), best of the rounds:
 
@@ -32,7 +32,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
 
 import torch
 
-from bench_memory import timed  # scripts/, beside this file
+from harness import table, timed  # benchmarks/, beside this file
 from hier_mamba import HierMambaConfig, HierMambaForCausalLM
 
 HIDDEN, LAYERS, VOCAB = 256, 4, 256
@@ -107,7 +107,7 @@ def gemm_flops_per_s(shapes: list[tuple[int, int, int]], device, reps: int = 5) 
     return best
 
 
-def bench_model(args, device, table) -> dict:
+def bench_model(args, device) -> dict:
     b, l = args.batch, args.model_length
     torch.manual_seed(0)
     built = models(args.backend, args.model_eager)
