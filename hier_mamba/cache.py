@@ -35,7 +35,11 @@ class MixerStateLayer(LinearAttentionCacheLayerMixin):
     """One cache slot: ``conv_states[0]`` (b, channels, conv_kernel - 1), ``recurrent_states[0]`` (the fp32 ssm state).
 
     The states are replaced (not copied into) on every update: the mixers are functional (state in, state out).
+    Not croppable: a recurrent state cannot give back tokens it absorbed, and no history of past states is kept
+    (transformers' linear-attention layers declare themselves croppable when they record that history).
     """
+
+    is_croppable = False
 
     def __init__(self, state: MixerState):
         super().__init__(number_of_states=1)

@@ -6,8 +6,11 @@
 cache holds nothing until the prefill writes it; after that its tensors keep their shapes and addresses: every
 later write copies into them in place (as transformers' Mamba2 updates its states), so a compiled decoding step
 (``torch.compile(fullgraph=True)``) sees the same static inputs every token and does no Python-side bookkeeping
-(checked on CPU; the cudagraphs of generate's default compile mode on a GPU are not tested here). It does not count
-the tokens it absorbed: generate tells the model how many tokens are new.
+(checked on CPU; the cudagraphs of generate's default compile mode on a GPU are not tested here). Every write
+advances each layer's token counter (``cumulative_length_linear``, a static-address tensor, advanced in place) by
+the tokens it absorbed, so ``get_seq_length()`` is the absorbed length and a generation can continue from the cache.
+transformers releases whose linear-attention layers have no such counter cannot say what a used cache absorbed:
+:func:`absorbed_tokens` returns None there.
 """
 
 from __future__ import annotations
@@ -63,20 +66,33 @@ def cached_states(cache: Cache, config: HierMambaConfig) -> list[list[MixerState
     return grouped
 
 
+def absorbed_tokens(cache: Cache) -> int | None:
+    """Tokens the cache has absorbed, or None where a transformers cache's layers do not count them."""
+    if isinstance(cache, HierMambaCache):
+        return cache.get_seq_length()
+    if not holds_states(cache):
+        return 0
+    counter = getattr(cache.layers[0], "cumulative_length_linear", None)
+    return None if counter is None else int(counter)
+
+
 def store_states(cache: Cache, states: list[list[MixerState]], new_tokens: int) -> None:
     """Write the states after ``new_tokens`` tokens (a step: 1; a prefill or continued prefill: its length).
 
     A HierMambaCache replaces its tensors and counts the tokens. A transformers cache copies into its tensors in
-    place; its first write allocates them (zeros, marked as static addresses) through its own update methods.
+    place (its layer's own ``lazy_initialization`` allocates them on the first write: zeros, marked as static
+    addresses) and advances each layer's token counter in place by ``new_tokens``.
     """
     if isinstance(cache, HierMambaCache):
         cache.update(states, new_tokens=new_tokens)
         return
     flat = [state for invocation in states for state in invocation]
-    for index, (layer, state) in enumerate(zip(cache.layers, flat)):
-        if layer.has_previous_state[0]:  # same shapes: copied in place, the tensors keep their addresses
-            layer.conv_states[0].copy_(state.conv.detach())
-            layer.recurrent_states[0].copy_(state.ssm.detach())
-        else:  # (b, channels, w - 1): stored as is (conv_kernel_size = its width), then marked as holding a state
-            cache.update_conv_state(state.conv.detach(), index)
-            cache.update_recurrent_state(state.ssm.detach(), index)
+    for layer, state in zip(cache.layers, flat):
+        if not layer.has_previous_state[0]:  # conv (b, channels, w - 1): conv_kernel_size = its width
+            layer.lazy_initialization(conv_states=state.conv, recurrent_states=state.ssm)
+            layer.has_previous_state[0] = True
+        layer.conv_states[0].copy_(state.conv.detach())  # same shapes: the tensors keep their addresses
+        layer.recurrent_states[0].copy_(state.ssm.detach())
+        counter = getattr(layer, "cumulative_length_linear", None)
+        if counter is not None:
+            counter.add_(new_tokens)

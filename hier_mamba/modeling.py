@@ -17,7 +17,7 @@ from transformers import initialization as init
 from transformers.modeling_outputs import ModelOutput
 
 from .cache import HierMambaCache
-from .cache_access import cached_states, holds_states, store_states
+from .cache_access import absorbed_tokens, cached_states, store_states
 from .configuration import HierMambaConfig
 from .mixers import FP32_PARAMETERS, Mamba1Mixer, Mamba2Mixer, inverse_softplus_dt
 from .reasoning import H_INIT_SEED, L_INIT_SEED, Carry, HierarchicalReasoner, fixed_initial_state
@@ -374,7 +374,8 @@ class HierMambaForCausalLM(HierMambaPreTrainedModel, GenerationMixin):
                 model_inputs["inputs_embeds"] = unseen
                 new = model_inputs["inputs_embeds"].shape[1]
             else:
-                new = max(input_ids.shape[1] - seen, 1) if next_sequence_length is None else next_sequence_length
+                # generate's count may be a 0-d tensor (a transformers cache's counter); prefill only, not per step
+                new = max(input_ids.shape[1] - seen, 1) if next_sequence_length is None else int(next_sequence_length)
                 new = min(new, input_ids.shape[1])
                 # contiguous: one stride for every step's (b, 1) ids, so a compiled forward compiles once
                 model_inputs["input_ids"] = input_ids[:, -new:].clone(memory_format=torch.contiguous_format)
@@ -388,17 +389,20 @@ class HierMambaForCausalLM(HierMambaPreTrainedModel, GenerationMixin):
 
     @staticmethod
     def _tokens_absorbed(cache, next_sequence_length: int | None, from_embeds: bool) -> int | None:
-        """Tokens the cache has absorbed: a HierMambaCache counts them; a transformers cache holds none before its
-        first write and does not count them after it (None: generate's ``next_sequence_length`` says what is new)."""
-        if isinstance(cache, HierMambaCache):
-            return cache.get_seq_length()
-        if not holds_states(cache):
-            return 0
-        if next_sequence_length is None or from_embeds:
-            raise ValueError(f"this {type(cache).__name__} already holds states but does not count the tokens it "
-                             "absorbed, so the new part of the input is unknown: continue a generation from the "
-                             "HierMambaCache that generate returns by default (it counts them)")
-        return None
+        """Tokens the cache has absorbed (None: generate's ``next_sequence_length`` says what is new, as on every
+        decoding step: no host sync for the count).
+
+        A HierMambaCache counts them; a transformers cache holds none before its first write and counts them after
+        it (cache_access.store_states), except on transformers releases whose linear-attention layers have no counter.
+        """
+        if next_sequence_length is not None and not from_embeds and not isinstance(cache, HierMambaCache):
+            return None
+        seen = absorbed_tokens(cache)
+        if seen is None:
+            raise ValueError(f"this {type(cache).__name__} already holds states but this transformers release's "
+                             "linear-attention layers do not count the tokens they absorbed, so the new part of the "
+                             "input is unknown: continue from the HierMambaCache that generate returns by default")
+        return seen
 
     def compile_decoding(self, enabled: bool = True, **options) -> "HierMambaForCausalLM":
         """Run every one-token cached step (generate's decoding) through ``torch.compile`` (``options`` go to it;
