@@ -2,7 +2,7 @@
 shapes (24 blocks, width 768; transformers' own initialisation), converted with L_layers=12: the converted model's
 fp32 logits and transformers' fp32 logits, each against transformers in float64 (the exact function of the weights).
 
-    python scripts/check_convert_precision.py [--length 128]
+    python benchmarks/check_convert_precision.py [--length 128]
 
 A few minutes on 2 CPU cores (the float64 reference runs transformers' slow torch path).
 """
