@@ -7,12 +7,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from .ops.precision import fp32_op
+
 
 class RMSNorm(nn.Module):
     """y = weight * x / rms(x), rms taken over groups of ``group_size`` channels (default: all).
 
     With a gate: x is first multiplied by silu(gate) (mamba_ssm's ``norm_before_gate=False``).
-    Computed in fp32, returned in the input dtype. x, gate: (..., d) -> (..., d).
+    Computed in fp32 (autocast off inside), returned in the input dtype. x, gate: (..., d) -> (..., d).
     fp32 training runs one autograd node (:class:`GatedRMSNormFunction`); the composite form below is the
     specification and the path of every other dtype and of inference.
     """
@@ -23,6 +25,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.group_size = group_size or hidden_size
 
+    @fp32_op
     def forward(self, x: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
         if _one_node(x, gate, self.weight):
             return GatedRMSNormFunction.apply(x, gate, self.weight, self.group_size, self.eps)
@@ -31,8 +34,10 @@ class RMSNorm(nn.Module):
         if gate is not None:
             x = x * F.silu(gate.float())
         grouped = x.unflatten(-1, (-1, self.group_size))  # (..., groups, group_size)
-        grouped = F.rms_norm(grouped, (self.group_size,), eps=self.eps)  # x / sqrt(mean(x^2) + eps), one fused op
-        return self.weight * grouped.flatten(-2).to(dtype)
+        normed = F.rms_norm(grouped, (self.group_size,), eps=self.eps).flatten(-2)  # x / sqrt(mean(x^2) + eps)
+        if self.weight.dtype == normed.dtype:  # fp32 weights (an fp32 model, or autocast): weight in fp32, then cast
+            return (self.weight * normed).to(dtype)
+        return self.weight * normed.to(dtype)  # a bf16 / fp16 model: transformers' rounding (weight after the cast)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}, group_size={self.group_size}"
@@ -63,6 +68,7 @@ class GatedRMSNormFunction(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @fp32_op
     def backward(ctx, grad_out):
         x, gate, weight, normed, rstd = ctx.saved_tensors
         group_size = ctx.group_size

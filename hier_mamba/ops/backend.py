@@ -33,7 +33,6 @@ INSTALL_HINT = (
     "install the CUDA kernels with: MAMBA_FORCE_BUILD=TRUE CAUSAL_CONV1D_FORCE_BUILD=TRUE "
     "pip install --no-build-isolation 'hier_mamba[cuda]' (see docs/gpu.md)"
 )
-CONV_CHANNEL_MULTIPLE = 8  # causal_conv1d's channel-last kernel (the one that takes and returns states)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .decay import exp_decay_
+from .precision import fp32_op
 
 DEFAULT_BLOCK = 64  # steps per block: (64, b, n, d) fp32 buffers stay in cache at b d n ~ 16k
 
@@ -62,6 +63,7 @@ class BlockedSelectiveScan(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @fp32_op
     def backward(ctx, grad_y, grad_final):
         delta_t, u_t, A_t, B_t, C_t, entering = ctx.saved_tensors
         block, length = ctx.block, delta_t.shape[0]

@@ -14,7 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from .precision import compute_dtype, fp32_op
 
+
+@fp32_op
 def causal_conv1d(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -22,7 +25,8 @@ def causal_conv1d(
     initial_state: torch.Tensor | None = None,
     activation: str | None = "silu",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Causal depthwise conv over a sequence (the fast path of :func:`causal_conv1d_reference`).
+    """Causal depthwise conv over a sequence (the fast path of :func:`causal_conv1d_reference`), computed in fp32
+    (float64 inputs in float64), returned in x's dtype, as causal_conv1d's kernel does.
 
     Computed time-major as one autograd node (:class:`CausalConvTimeMajor`): a (b, d, l) input that is a
     transposed view of (b, l, d) memory (a mixer's projection) is read without a copy, and the output is such a
@@ -36,14 +40,16 @@ def causal_conv1d(
     if activation not in (None, "silu", "swish"):
         raise ValueError(f"activation must be None, 'silu' or 'swish', got {activation!r}")
     batch, dim, _ = x.shape
-    width = weight.shape[-1]
+    width, dtype = weight.shape[-1], compute_dtype(x)
     if initial_state is None:
         initial_state = x.new_zeros(batch, dim, width - 1)
-    padded = torch.cat([_as(initial_state, x.dtype).transpose(1, 2), x.transpose(1, 2)], dim=1)  # (b, w - 1 + l, d)
-    y = CausalConvTimeMajor.apply(padded, _as(weight, x.dtype), None if bias is None else _as(bias, x.dtype),
+    padded = torch.cat([_as(initial_state, dtype).transpose(1, 2), _as(x, dtype).transpose(1, 2)],
+                       dim=1)  # (b, w - 1 + l, d)
+    y = CausalConvTimeMajor.apply(padded, _as(weight, dtype), None if bias is None else _as(bias, dtype),
                                   activation is not None)  # (b, l, d)
-    final_state = padded[:, padded.shape[1] - (width - 1):].transpose(1, 2).contiguous()  # (b, d, w - 1), own storage
-    return y.transpose(1, 2), final_state
+    final_state = padded[:, padded.shape[1] - (width - 1):].transpose(1, 2)  # (b, d, w - 1)
+    final_state = final_state.to(x.dtype, memory_format=torch.contiguous_format, copy=True)  # own storage
+    return _as(y, x.dtype).transpose(1, 2), final_state
 
 
 class CausalConvTimeMajor(torch.autograd.Function):
@@ -69,6 +75,7 @@ class CausalConvTimeMajor(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @fp32_op
     def backward(ctx, grad_y):
         padded, weight, pre = ctx.saved_tensors
         width, length = weight.shape[-1], padded.shape[1] - weight.shape[-1] + 1
@@ -84,6 +91,7 @@ class CausalConvTimeMajor(torch.autograd.Function):
         return grad_padded, grad_taps.t(), grad_bias, None
 
 
+@fp32_op
 def causal_conv1d_reference(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -100,24 +108,25 @@ def causal_conv1d_reference(
         y: (b, d, l), and the final state (b, d, w - 1) to continue the sequence with.
     """
     batch, dim, _ = x.shape
-    width = weight.shape[-1]
+    width, dtype = weight.shape[-1], compute_dtype(x)
     if initial_state is None:
         initial_state = x.new_zeros(batch, dim, width - 1)
-    padded = torch.cat([initial_state.to(x.dtype), x], dim=-1)  # (b, d, w - 1 + l)
+    padded = torch.cat([initial_state.to(x.dtype), x], dim=-1).to(dtype)  # (b, d, w - 1 + l)
     # y_t = sum_k w_k x_{t - (w - 1) + k}: w shifted multiply-adds. Same as a grouped F.conv1d, whose
     # CPU backward is ~50x slower for depthwise filters.
     length = x.shape[-1]
-    weight = weight.to(x.dtype)
+    weight = weight.to(dtype)
     y = padded[:, :, :length] * weight[:, :1]
     for k in range(1, width):
         y = torch.addcmul(y, padded[:, :, k:k + length], weight[:, k:k + 1])
     if bias is not None:
-        y = y + bias.to(x.dtype)[:, None]
-    # clone: a slice would keep the whole (b, d, w - 1 + l) padded input alive in a cache
-    final_state = padded[:, :, padded.shape[-1] - (width - 1):].clone()
-    return _activate(y, activation), final_state
+        y = y + bias.to(dtype)[:, None]
+    # a copy: a slice would keep the whole (b, d, w - 1 + l) padded input alive in a cache
+    final_state = padded[:, :, padded.shape[-1] - (width - 1):].to(x.dtype, copy=True)
+    return _activate(y, activation).to(x.dtype), final_state
 
 
+@fp32_op
 def causal_conv1d_step(
     x: torch.Tensor,
     state: torch.Tensor,
@@ -132,11 +141,13 @@ def causal_conv1d_step(
     Returns:
         y: (b, d), and the new state (b, d, w - 1). The input state is not modified.
     """
-    window = torch.cat([_as(state, x.dtype), x.unsqueeze(-1)], dim=-1)  # (b, d, w)
-    y = (window * _as(weight, x.dtype)).sum(-1)  # (b, d)
+    dtype = compute_dtype(x)
+    window = torch.cat([_as(_as(state, x.dtype), dtype), _as(x, dtype).unsqueeze(-1)], dim=-1)  # (b, d, w)
+    y = (window * _as(weight, dtype)).sum(-1)  # (b, d)
     if bias is not None:
         y += bias
-    return _activate(y, activation), window[:, :, 1:].clone()  # own storage, not a view of the window
+    new_state = window[:, :, 1:].to(x.dtype, copy=True)  # own storage, not a view of the window
+    return _as(_activate(y, activation), x.dtype), new_state
 
 
 def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -25,7 +25,7 @@ from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 from mamba_ssm.ops.triton.selective_state_update import selective_state_update as _state_update_kernel
 from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
 
-from .backend import CONV_CHANNEL_MULTIPLE
+from .kernel_limits import CONV_CHANNEL_MULTIPLE
 from .conv import causal_conv1d as torch_conv
 from .selective_scan import selective_scan as torch_selective_scan
 from .ssd import discretize_dt

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .blocked_scan import blocked_selective_scan
+from .precision import fp32_op
 
 
 class LinearRecurrence(torch.autograd.Function):
@@ -44,6 +45,7 @@ class LinearRecurrence(torch.autograd.Function):
         return h
 
     @staticmethod
+    @fp32_op
     def backward(ctx, grad_h: torch.Tensor):
         a, h, h0 = ctx.saved_tensors
         grad_b = torch.empty_like(grad_h)
@@ -56,12 +58,14 @@ class LinearRecurrence(torch.autograd.Function):
         return grad_a, grad_b, carry
 
 
+@fp32_op
 def linear_recurrence(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
     """All states of h_t = a_t h_{t-1} + b_t. a, b: (l, *s); h0: (*s) -> (l, *s)."""
     a, b = torch.broadcast_tensors(a, b)
     return LinearRecurrence.apply(a.contiguous(), b.contiguous(), h0.to(b.dtype).contiguous())
 
 
+@fp32_op
 def selective_scan(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -82,6 +86,7 @@ def selective_scan(
         y: (b, d, l) in u's dtype, and the final state (b, d, n) in fp32.
     """
     batch, dim, _ = u.shape
+    dtype, u = u.dtype, u.float()  # one cast: u's two uses get their gradients summed in fp32
     # 1. Discretize Delta (bias, softplus) in fp32; the block scan does exp(Delta A) and Delta B u itself.
     delta = _softplus_dt(delta.float(), delta_bias, delta_softplus)  # (b, d, l)
     if initial_state is None:
@@ -89,9 +94,10 @@ def selective_scan(
     # 2. Recurrence and readout y_t = C_t . h_t, one block of steps at a time.
     y, final_state = blocked_selective_scan(u.float(), delta, A.float(), B.float(), C.float(), initial_state.float())
     # 3. D skip and the silu(z) gate.
-    return _skip_and_gate(y, u, D, z).to(u.dtype), final_state
+    return _skip_and_gate(y, u, D, z).to(dtype), final_state
 
 
+@fp32_op
 def selective_scan_reference(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -111,7 +117,7 @@ def selective_scan_reference(
     Returns:
         y: (b, d, l) in u's dtype, and the final state (b, d, n) in fp32.
     """
-    dtype = u.dtype
+    dtype, u = u.dtype, u.float()  # one cast: u's two uses get their gradients summed in fp32
     batch, dim, _ = u.shape
     # 1. Discretize: dA = exp(Delta A), dBu = Delta B u, time-major for contiguous steps.
     delta = _softplus_dt(delta.float(), delta_bias, delta_softplus)  # (b, d, l)
@@ -128,6 +134,7 @@ def selective_scan_reference(
     return _skip_and_gate(y, u, D, z).to(dtype), states[-1].clone()
 
 
+@fp32_op
 def selective_scan_sequential(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True, initial_state=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,6 +143,7 @@ def selective_scan_sequential(
     Slow (autograd through every step); for tests only. Same arguments and returns.
     """
     batch, dim, length = u.shape
+    dtype, u = u.dtype, u.float()
     state = initial_state.float() if initial_state is not None else u.new_zeros(batch, dim, A.shape[-1]).float()
     outputs = []
     for t in range(length):
@@ -144,9 +152,10 @@ def selective_scan_sequential(
             None if z is None else z[:, :, t], delta_bias, delta_softplus,
         )
         outputs.append(y_t)
-    return torch.stack(outputs, dim=-1), state
+    return torch.stack(outputs, dim=-1).to(dtype), state
 
 
+@fp32_op
 def selective_state_update(
     state: torch.Tensor,
     u: torch.Tensor,
@@ -166,11 +175,12 @@ def selective_state_update(
     Returns:
         y: (b, d) in u's dtype, and the new state (b, d, n) in fp32. The input state is not modified.
     """
+    dtype, u = u.dtype, u.float()  # one cast: u's two uses get their gradients summed in fp32
     delta = _softplus_dt(delta.float(), delta_bias, delta_softplus)  # (b, d)
     new_state = torch.addcmul(torch.exp(delta.unsqueeze(-1) * A.float()) * state.float(),
                               (delta * u.float()).unsqueeze(-1), B.float().unsqueeze(1))  # (b, d, n)
     y = (new_state * C.float().unsqueeze(1)).sum(-1)  # (b, d); mul + sum: a tiny einsum/bmm is slower on CPU
-    return _skip_and_gate(y, u, D, z).to(u.dtype), new_state
+    return _skip_and_gate(y, u, D, z).to(dtype), new_state
 
 
 def _softplus_dt(delta: torch.Tensor, delta_bias: torch.Tensor | None, softplus: bool) -> torch.Tensor:

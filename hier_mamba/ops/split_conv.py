@@ -5,7 +5,9 @@ The mixer projects to ``[z | x B C | dt]`` and convolves the middle columns over
 (x, B, C) split's and the projection's) and the conv zero-fills its own padded input gradient: three
 full-size passes over memory that do no arithmetic. :func:`split_causal_conv1d` reads the middle
 columns where they lie and writes every gradient straight into one buffer of the projection's shape.
-It computes what :func:`~hier_mamba.ops.conv.causal_conv1d` computes (with SiLU); tests compare them.
+It computes what :func:`~hier_mamba.ops.conv.causal_conv1d` computes (with SiLU); tests compare them. The fused
+node runs fp32 (and float64) projections outside torch.compile; other dtypes and compiled graphs take the split
+and that conv (which computes in fp32).
 
     projected: (b, l, head + c + tail)   c = sum(conv_sizes) channels convolved
     weight:    (c, w)                    one filter per channel; bias (c,) or None
@@ -17,7 +19,11 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
+from .conv import causal_conv1d
+from .precision import compute_dtype, fp32_op
 
+
+@fp32_op
 def split_causal_conv1d(
     projected: torch.Tensor,
     head: int,
@@ -41,6 +47,8 @@ def split_causal_conv1d(
         raise ValueError(f"split_causal_conv1d: weight {tuple(weight.shape)} and conv_sizes {conv_sizes} (after "
                          f"head={head}) do not fit projected {tuple(projected.shape)}")
     dtype = projected.dtype
+    if dtype != compute_dtype(projected) or torch.compiler.is_compiling():
+        return _split_then_conv(projected, head, conv_sizes, weight, bias, initial_state)
     state = None if initial_state is None else initial_state.to(dtype)
     outputs = _SplitConv.apply(projected, state, weight.to(dtype), None if bias is None else bias.to(dtype),
                                head, tuple(conv_sizes))
@@ -52,6 +60,16 @@ def split_causal_conv1d(
         conv_inputs = torch.cat([earlier, conv_inputs], dim=-1)  # (b, c, w - 1 + l)
     final_state = conv_inputs[..., conv_inputs.shape[-1] - (width - 1):].contiguous()  # (b, c, w - 1), own storage
     return outputs[0], list(outputs[1:-1]), outputs[-1], final_state
+
+
+def _split_then_conv(projected, head: int, conv_sizes: list[int], weight, bias, initial_state):
+    """:func:`split_causal_conv1d` as split, :func:`~hier_mamba.ops.conv.causal_conv1d`, split: for fp16 / bf16
+    projections (the conv computes in fp32 and returns their dtype) and under torch.compile, which traces the
+    plain ops without a graph break (the fused node writes gradients through ``out=`` into strided views)."""
+    channels = sum(conv_sizes)
+    head_part, conv_inputs, tail = projected.split([head, channels, projected.shape[-1] - head - channels], dim=-1)
+    y, final_state = causal_conv1d(conv_inputs.transpose(1, 2), weight, bias, initial_state)  # (b, c, l)
+    return head_part, list(y.transpose(1, 2).split(list(conv_sizes), dim=-1)), tail, final_state
 
 
 def _tap_rows(width: int, length: int):
@@ -86,6 +104,7 @@ class _SplitConv(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @fp32_op
     def backward(ctx, grad_head, *grads):
         projected, state, taps, pre = ctx.saved_tensors
         head, conv_sizes = ctx.head, ctx.conv_sizes

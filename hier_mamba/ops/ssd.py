@@ -23,8 +23,10 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from .decay import LOG_DECAY_FLOOR
+from .precision import fp32_op
 
 
+@fp32_op
 def ssd_chunked(
     x: torch.Tensor,
     dt: torch.Tensor,
@@ -44,20 +46,20 @@ def ssd_chunked(
     Returns:
         y: (b, l, h, p) in x's dtype, and the final state (b, h, p, n) in fp32.
     """
+    dtype, x = x.dtype, x.float()  # one cast: an input used twice gets its gradient summed in fp32
     dt = discretize_dt(dt, dt_bias, dt_softplus, dt_limit)  # (b, l, h)
     # Non-finite inputs: a chunk's matmuls would spread a NaN / inf at position t to the earlier positions of its
     # chunk (0 * NaN = NaN). A non-finite input at t always makes y_t non-finite, so the scan runs on the inputs as
-    # they are and only a non-finite result pays for the careful path: the scan on zeroed inputs, with the outputs
-    # made non-finite from t on, as the recurrence does (per head). Under torch.compile (no data-dependent branch)
-    # the careful path always runs; it adds exact zeros, so finite inputs give identical results either way.
+    # they are and only a non-finite result pays for the careful path: the scan on zeroed inputs, with NaN added
+    # where the recurrence would be non-finite (see _split_non_finite). Under torch.compile (no data-dependent
+    # branch) the careful path always runs; it adds exact zeros, so finite inputs give identical results either way.
     if not torch.compiler.is_compiling():
         y, final_state = _ssd_scan(x, dt, A, B, C, chunk_size, D, initial_state)
         if bool(torch.isfinite(y.sum() + final_state.sum())):  # one reduction; an overflowing sum only costs time
-            return y.to(x.dtype), final_state
-    x_finite, dt, B, C, poison = _split_non_finite(x, dt, B, C)  # poison: (b, l, h) of 0, or NaN from the first bad
+            return y.to(dtype), final_state
+    x_finite, dt, B, C, poison, state_poison = _split_non_finite(x, dt, B, C)
     y, final_state = _ssd_scan(x_finite, dt, A, B, C, chunk_size, D, initial_state)
-    y = y + poison[..., None]
-    return y.to(x.dtype), final_state + poison[:, -1, :, None, None]
+    return (y + poison).to(dtype), final_state + state_poison
 
 
 def _ssd_scan(x, dt, A, B, C, chunk_size: int, D, initial_state) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,6 +177,7 @@ def _pad_time(t: torch.Tensor, pad: int) -> torch.Tensor:
     return torch.cat([t, t.new_zeros(t.shape[0], pad, *t.shape[2:])], dim=1)
 
 
+@fp32_op
 def ssd_state_update(
     state: torch.Tensor,
     x: torch.Tensor,
@@ -211,6 +214,7 @@ def ssd_state_update(
     return y.to(x.dtype), new_state.reshape(batch, heads, head_dim, state_size)
 
 
+@fp32_op
 def ssd_sequential(
     x, dt, A, B, C, D=None, dt_bias=None, dt_softplus=True, dt_limit=(0.0, float("inf")), initial_state=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -219,13 +223,14 @@ def ssd_sequential(
     Slow; for tests only. Same arguments (no chunk_size) and returns.
     """
     batch, length, heads, head_dim = x.shape
+    dtype, x = x.dtype, x.float()
     state = (initial_state.float() if initial_state is not None
              else x.new_zeros(batch, heads, head_dim, B.shape[-1]).float())
     outputs = []
     for t in range(length):
         y_t, state = ssd_state_update(state, x[:, t], dt[:, t], A, B[:, t], C[:, t], D, dt_bias, dt_softplus, dt_limit)
         outputs.append(y_t)
-    return torch.stack(outputs, dim=1), state
+    return torch.stack(outputs, dim=1).to(dtype), state
 
 
 def _pass_states(start: torch.Tensor, chunk_states: torch.Tensor, chunk_log_decay: torch.Tensor, head_dim: int):
@@ -242,16 +247,26 @@ def _pass_states(start: torch.Tensor, chunk_states: torch.Tensor, chunk_log_deca
 
 
 def _split_non_finite(x, dt, B, C):
-    """Zero non-finite entries of x (b, l, h, p), dt (b, l, h), B, C (b, l, g, n); also return the causal
-    poison (b, l, h) in fp32: NaN at and after the first position where a head's inputs were not all finite, else 0."""
+    """Zero non-finite entries of x (b, l, h, p), dt (b, l, h), B, C (b, l, g, n), and return where the recurrence
+    would have been non-finite, as NaN (else 0) to add: ``poison`` (b, l, h, p) for y and ``state_poison``
+    (b, h, p, n) for the final state. The recurrence H_t = exp(dt_t A) H_{t-1} + dt_t x_t B_t^T, y_t = H_t C_t + D x_t
+    spreads a bad x_t[p] to state row p (so y[p]) from t on, a bad dt_t to the whole head from t on, a bad B_t[n]
+    to state column n (so every y[p]) from t on, and a bad C_t to y_t alone (C does not enter the state)."""
     rep = x.shape[2] // B.shape[2]
     finite_x, finite_dt = torch.isfinite(x), torch.isfinite(dt)
     finite_B, finite_C = torch.isfinite(B), torch.isfinite(C)
-    bad = (~finite_x.all(-1)) | (~finite_dt) | (~(finite_B.all(-1) & finite_C.all(-1))).repeat_interleave(rep, dim=2)
-    poison = torch.zeros(bad.shape, dtype=torch.float32, device=x.device).masked_fill(bad.cumsum(1) > 0, float("nan"))
+    bad_B = (~finite_B).repeat_interleave(rep, dim=2)  # (b, l, h, n)
+    bad_head = (~finite_dt) | bad_B.any(-1)  # (b, l, h): the whole head's state from t on
+    bad_rows = ((~finite_x) | bad_head.unsqueeze(-1)).cumsum(1) > 0  # (b, l, h, p): state row p non-finite at t
+    bad_y = bad_rows | (~finite_C.all(-1)).repeat_interleave(rep, dim=2).unsqueeze(-1)  # (b, l, h, p)
+    bad_state = ((~finite_x).any(1).unsqueeze(-1) | (~finite_dt).any(1)[..., None, None]
+                 | bad_B.any(1).unsqueeze(2))  # (b, h, p, n): rows of bad x, bad heads, columns of bad B
+    nan = float("nan")
+    poison = torch.zeros(bad_y.shape, dtype=torch.float32, device=x.device).masked_fill(bad_y, nan)
+    state_poison = torch.zeros(bad_state.shape, dtype=torch.float32, device=x.device).masked_fill(bad_state, nan)
     x, dt = torch.where(finite_x, x, 0), torch.where(finite_dt, dt, 0)
     B, C = torch.where(finite_B, B, 0), torch.where(finite_C, C, 0)
-    return x, dt, B, C, poison
+    return x, dt, B, C, poison, state_poison
 
 
 def discretize_dt(dt, dt_bias, softplus: bool, limit: tuple[float, float]) -> torch.Tensor:
@@ -280,6 +295,7 @@ class DecayedScores(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @fp32_op
     def backward(ctx, grad_scores):
         CB, decay = ctx.saved_tensors
         weighted = grad_scores * decay  # dL/dscores * decay: both gradients start from it
