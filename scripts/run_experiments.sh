@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The CPU runs behind docs/results.md (about 1.5 hours on a 2-core CPU; the GPU rows are
-# scripts/run_experiments_gpu.sh) and, as phases by name, the superseded runs of
-# docs/results-before-issue-8.md and docs/credit-assignment.md (the base configs now have issue 8's
-# fixes on, so those phases no longer reproduce the old numbers).
+# scripts/run_experiments_gpu.sh) and, as phases by name, older runs: the architecture and position
+# comparisons (docs/results/*_architectures.md, sudoku_no_positions.md) and the accuracies of
+# docs/credit-assignment.md. Those were measured before the base configs took the input scale, the
+# no-decay groups, one-segment training and grid scans, so they no longer reproduce the old numbers.
 #   scripts/run_experiments.sh                      # the current phases: hierarchy, sudoku_fixes, maze_fixes
 #   scripts/run_experiments.sh maze_credit_steps    # some phases, by name
 # One torch thread per run, two runs at a time: under contention 2 threads per run are ~10x slower.
