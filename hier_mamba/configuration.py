@@ -69,6 +69,9 @@ class HierMambaConfig(PreTrainedConfig):
     """
 
     model_type = "hier_mamba"
+    # Outputs Trainer's evaluation loop drops from its predictions: the recurrent cache and z_H (b, l, d), which
+    # would otherwise be gathered next to the logits for every evaluated batch.
+    keys_to_ignore_at_inference = ["cache", "last_hidden_state"]
 
     def __init__(
         self,
@@ -231,6 +234,12 @@ class HierMambaConfig(PreTrainedConfig):
         if self.architecture == "looped":
             return self.num_invocations * self.L_layers
         return self.H_cycles * (self.L_cycles * self.L_layers + self.H_layers)
+
+    @num_hidden_layers.setter
+    def num_hidden_layers(self, value) -> None:
+        raise AttributeError(f"num_hidden_layers is derived from H_cycles, L_cycles, H_layers, L_layers and "
+                             f"architecture (currently {self.num_hidden_layers}) and cannot be set to {value!r}: "
+                             "set those fields instead")
 
     @property
     def layer_types(self) -> list[str] | None:

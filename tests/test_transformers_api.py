@@ -120,3 +120,23 @@ def test_prepare_inputs_for_generation_forwards_keywords_and_logits_to_keep():
     model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0)
     hook.remove()
     assert seen == [(2, 1, 50)] * 3, "prefill computes logits for the last position only"
+
+
+def test_setting_the_derived_num_hidden_layers_raises_naming_it():
+    config = tiny()
+    with pytest.raises(AttributeError, match="num_hidden_layers is derived from H_cycles, L_cycles"):
+        config.num_hidden_layers = 3
+    assert config.num_hidden_layers == 2 * (2 * 2 + 1)  # unchanged
+
+
+def test_trainer_predictions_are_the_logits_without_the_hidden_state(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    model = model_for(tiny())
+    data = [{"input_ids": ids, "labels": ids} for ids in torch.randint(1, 50, (4, 6))]
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=2, report_to=[],
+                             disable_tqdm=True, use_cpu=True)
+    predictions = Trainer(model=model, args=args).predict(data).predictions
+    # only the logits of all 4 rows: no (b, l, d) z_H and no cache piled up next to them
+    assert not isinstance(predictions, tuple)
+    assert predictions.shape == (4, 6, 50)
