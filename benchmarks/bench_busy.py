@@ -2,7 +2,7 @@
 
     python benchmarks/bench_busy.py [--steps 10] [--max-seconds 60] [--config configs/lm_tiny.yaml]
 
-Each measurement is a fresh child process that trains the model of ``--config`` (the README's model by
+Each measurement is a fresh child process that trains the model of ``--config`` (the quickstart model by
 default) on random bytes at the config's batch size and block size with AdamW, and reports the median
 seconds per step after two warm-up steps. Settings of the measured process:
 

@@ -5,8 +5,8 @@ through accelerate) and an FSDP2 loop (``fully_shard`` per ``_no_split_modules``
 checkpointing); a second launch runs HierMambaTrainer under DeepSpeed ZeRO-2 with
 configs/deepspeed_zero2.json when the deepspeed package is installed (it is not a project dependency:
 those tests skip without it). The same functions run here in one process as the reference.
-accelerate 1.15 does not shard on CPU: ``TrainingArguments(fsdp=...)`` falls back to DDP there (README,
-"Multi-GPU / multi-node"), so FSDP is tested through torch's ``fully_shard`` directly.
+accelerate 1.15 does not shard on CPU: ``TrainingArguments(fsdp=...)`` falls back to DDP there
+(docs/distributed.md), so FSDP is tested through torch's ``fully_shard`` directly.
 """
 
 import importlib.util
