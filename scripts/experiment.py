@@ -21,7 +21,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
 import argparse
 import copy
 import json
-import math
 import multiprocessing
 import resource
 import sys
@@ -30,9 +29,10 @@ from pathlib import Path
 
 import torch
 import yaml
-from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers import Trainer, TrainingArguments, set_seed
 
 from hier_mamba import HierMambaTrainer  # Trainer without weight decay on A_log, D, dt_bias, norms, biases
+from hier_mamba.callbacks import TimeBudget  # cosine learning rate over a wall-clock budget
 from hier_mamba.tasks import puzzle as task_puzzle
 
 
@@ -40,38 +40,6 @@ from hier_mamba.tasks import puzzle as task_puzzle
 # A variant's `optimizer_groups`: "hier_mamba" exempts A_log, D, dt_bias, norms and biases from weight decay
 # (hier_mamba/optim.py); "trainer" is transformers.Trainer's own name filter (decays A_log and D: the ablation).
 TRAINERS = {"hier_mamba": HierMambaTrainer, "trainer": Trainer}
-
-
-class TimeBudget(TrainerCallback):
-    """Stop training once ``seconds`` of wall clock have passed, with a cosine schedule over that time.
-
-    A step-based cosine schedule cannot be used under a time budget (the step count is not known in
-    advance), so the learning rate is set before every step from the elapsed fraction of the budget:
-    linear warmup over ``warmup_steps`` steps, then ``0.5 (1 + cos(pi * elapsed / seconds))`` of the
-    base rate. The Trainer must use ``lr_scheduler_type="constant"`` so that it does not override it.
-    """
-
-    def __init__(self, seconds: float | None, warmup_steps: int = 0):
-        self.seconds, self.warmup_steps, self.start, self.base_lrs = seconds, warmup_steps, None, None
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.start = time.perf_counter()
-
-    def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
-        if self.seconds is None or optimizer is None:
-            return
-        if self.base_lrs is None:
-            self.base_lrs = [group["lr"] for group in optimizer.param_groups]
-        elapsed = min((time.perf_counter() - self.start) / self.seconds, 1.0)
-        factor = 0.5 * (1.0 + math.cos(math.pi * elapsed))
-        if state.global_step < self.warmup_steps:
-            factor *= (state.global_step + 1) / self.warmup_steps
-        for group, base in zip(optimizer.param_groups, self.base_lrs):
-            group["lr"] = base * factor
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.seconds is not None and time.perf_counter() - self.start > self.seconds:
-            control.should_training_stop = True
 
 
 @torch.no_grad()

@@ -12,6 +12,9 @@ data config keys:
     sudoku only:        min_givens, max_givens, min_backtracks
     maze only:          size, loop_fraction
     demo_index          test example shown by demo() (default 0)
+    on_the_fly          {copies: N, reveal_prob: p}: the training split becomes an on-the-fly set of
+                        N fresh augmentations per base puzzle (Sudoku: with partial reveals of probability p;
+                        hier_mamba/data/augmented.py) instead of stored copies
 
 The tokens are grid cells, not text: these tasks have no tokenizer (``load_tokenizer`` returns None).
 """
@@ -28,10 +31,11 @@ from transformers import PreTrainedModel
 from hier_mamba import HierMambaConfig, HierMambaForTokenClassification
 from hier_mamba.act import IGNORE_INDEX
 from hier_mamba.data import build_maze_splits, build_sudoku_splits
+from hier_mamba.data.augmented import OnTheFlyMaze, OnTheFlySudoku
 
 BUILDERS = {"sudoku": build_sudoku_splits, "maze": build_maze_splits}
 PAD_TOKEN = 0  # both tasks reserve token 0 for padding
-_NOT_BUILDER_KEYS = ("task", "demo_index")
+_NOT_BUILDER_KEYS = ("task", "demo_index", "on_the_fly")
 
 
 def load_tokenizer(data_cfg: dict) -> None:
@@ -56,7 +60,18 @@ def build_datasets(data_cfg: dict, seed: int, tokenizer: None = None) -> tuple[D
     if unknown:
         raise ValueError(f"unknown data keys for task {task!r}: {unknown}; accepted: {sorted(accepted)}")
     splits = builder(**kwargs, seed=seed)
-    return splits.train, splits.test
+    if data_cfg.get("on_the_fly") is None:
+        return splits.train, splits.test
+    return _on_the_fly(task, splits.train, dict(data_cfg["on_the_fly"]), seed), splits.test
+
+
+def _on_the_fly(task: str, train, options: dict, seed: int) -> Dataset:
+    """The training split's base puzzles (symmetry 0 / unaugmented rows) as an on-the-fly augmented set."""
+    base = np.flatnonzero(np.r_[True, train.base_ids[1:] != train.base_ids[:-1]])  # first row of each base puzzle
+    inputs, labels = train.inputs[base].numpy(), train.labels[base].numpy()
+    if task == "sudoku":
+        return OnTheFlySudoku(inputs, labels, seed=seed, **options)
+    return OnTheFlyMaze(inputs, labels, seed=seed, **options)
 
 
 def collate(batch: list[dict]) -> dict:

@@ -8,6 +8,7 @@ Config layout:
     model: {...}                   # HierMambaConfig keyword arguments (with init_from: overrides, e.g. H_cycles)
     data: {...}                    # read by the task module
     training: {...}                # transformers.TrainingArguments keyword arguments
+    callbacks: {...}               # optional: time_budget_s, warmup_steps, min_lr_ratio (TimeBudget), ema_decay
 
 With ``init_from`` the weights come from that folder, the ``model`` keys override its config (settings that
 change no parameter shape: cycles, bptt_steps, ...), and its tokenizer is used unless ``data.tokenizer``
@@ -32,6 +33,7 @@ import yaml
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
+from ..callbacks import EMACallback, TimeBudget
 from ..optim import HierMambaTrainer  # Trainer without weight decay on A_log, D, dt_bias, norms, biases
 from . import AUTO_CLASSES, TASKS, get_task
 
@@ -65,7 +67,7 @@ def load_run_config(path: str | Path) -> dict:
         raise ValueError(f"{path}: expected a mapping at the top level")
     if config.get("task") not in TASKS:
         raise ValueError(f"{path}: task must be one of {sorted(TASKS)}, got {config.get('task')!r}")
-    for key in ("model", "data", "training"):
+    for key in ("model", "data", "training", "callbacks"):
         config.setdefault(key, {})
         if not isinstance(config[key], dict):
             raise ValueError(f"{path}: {key} must be a mapping")
@@ -101,6 +103,25 @@ def training_arguments(config: dict, output_dir: str | Path, max_steps: int | No
     if max_steps is not None:
         kwargs["max_steps"] = max_steps
     return TrainingArguments(**kwargs)
+
+
+CALLBACK_KEYS = ("time_budget_s", "warmup_steps", "min_lr_ratio", "ema_decay")
+
+
+def build_callbacks(section: dict) -> list:
+    """Trainer callbacks of the ``callbacks`` section: a wall-clock budget with its cosine schedule
+    (``time_budget_s``, ``warmup_steps``, ``min_lr_ratio``; the training section then needs
+    ``lr_scheduler_type: constant``) and an EMA of the weights (``ema_decay``; the saved model is the average)."""
+    unknown = sorted(set(section) - set(CALLBACK_KEYS))
+    if unknown:
+        raise ValueError(f"unknown callbacks keys {unknown}; accepted: {list(CALLBACK_KEYS)}")
+    callbacks = []
+    if section.get("time_budget_s") is not None:
+        callbacks.append(TimeBudget(float(section["time_budget_s"]), int(section.get("warmup_steps", 0)),
+                                    float(section.get("min_lr_ratio", 0.0))))
+    if section.get("ema_decay") is not None:
+        callbacks.append(EMACallback(float(section["ema_decay"])))
+    return callbacks
 
 
 def last_checkpoint(output_dir: str | Path) -> str:
@@ -150,7 +171,8 @@ def train_from_config(config: dict, output_dir: str | Path, max_steps: int | Non
     # 2. Train (checkpoints with the tokenizer in output_dir), then evaluate.
     trainer = HierMambaTrainer(model=model, args=training_arguments(config, output_dir, max_steps),
                                train_dataset=train_dataset, eval_dataset=eval_dataset, data_collator=task.collate,
-                               processing_class=tokenizer, compute_metrics=task.compute_metrics)
+                               processing_class=tokenizer, compute_metrics=task.compute_metrics,
+                               callbacks=build_callbacks(config.get("callbacks", {})))
     start = time.perf_counter()
     train_result = trainer.train(resume_from_checkpoint=resume_from)
     train_seconds = time.perf_counter() - start
