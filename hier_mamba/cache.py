@@ -15,7 +15,7 @@ invocation i, k = sum of the layer counts of invocations < i, plus j (``config.n
 from __future__ import annotations
 
 import torch
-from transformers.cache_utils import Cache, DynamicCache, LinearAttentionCacheLayerMixin
+from transformers.cache_utils import Cache, LinearAttentionCacheLayerMixin
 
 from .mixers import MixerState
 
@@ -41,9 +41,11 @@ class MixerStateLayer(LinearAttentionCacheLayerMixin):
 
     is_croppable = False
 
-    def __init__(self, state: MixerState):
+    def __init__(self, state: MixerState | None = None):
+        """``state`` None: an empty slot that the first write fills (``has_previous_state[0]`` False until then)."""
         super().__init__(number_of_states=1)
-        self.set_state(MixerState(*(row_major(t) for t in state)))
+        if state is not None:
+            self.set_state(MixerState(*(row_major(t) for t in state)))
 
     def set_state(self, state: MixerState) -> None:
         self.lazy_initialization(state.conv, state.ssm)
@@ -71,10 +73,12 @@ class MixerStateLayer(LinearAttentionCacheLayerMixin):
         return recurrent_states
 
     def batch_repeat_interleave(self, repeats: int) -> None:
-        self.set_state(MixerState(*(t.repeat_interleave(repeats, dim=0) for t in self.state)))
+        if self.has_previous_state[0]:  # an empty slot has nothing to repeat
+            self.set_state(MixerState(*(t.repeat_interleave(repeats, dim=0) for t in self.state)))
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
-        self.set_state(MixerState(*(t[indices] for t in self.state)))
+        if self.has_previous_state[0]:
+            self.set_state(MixerState(*(t[indices] for t in self.state)))
 
     @property
     def is_compileable(self) -> bool:
@@ -85,20 +89,39 @@ class MixerStateLayer(LinearAttentionCacheLayerMixin):
                                   "(HierMambaCache is not croppable)")
 
 
-class HierMambaCache(DynamicCache):
+class HierMambaCache(Cache):
     """States of all invocations and layers, and how many tokens they have absorbed.
 
-    generate's default cache, in the role of the DynamicCache of linear-attention layers transformers' Mamba2 gets
-    (hence the base class): its states are replaced, not copied into, so it is not compileable; for a compiled
+    generate's default cache (transformers' Mamba2 gets a DynamicCache of linear-attention layers in that role; this
+    one is a plain ``Cache`` of :class:`MixerStateLayer` slots, nothing of DynamicCache's attention key/value
+    machinery applies). Its states are replaced, not copied into, so it is not compileable; for a compiled
     decoding, ``generate(..., cache_implementation="static")`` (cache_access.py).
 
     ``states[i][j]`` is layer j of invocation i. Shapes are fixed by the config and the batch size:
     conv (b, channels, conv_kernel - 1), ssm (b, d_inner, n) or (b, heads, head_dim, n).
     """
 
-    def __init__(self, states: list[list[MixerState]], seen_tokens: int):
-        Cache.__init__(self, layers=[MixerStateLayer(state) for invocation in states for state in invocation])
-        self.layers_per_invocation = [len(invocation) for invocation in states]
+    def __init__(self, states: list[list[MixerState]] | None = None, seen_tokens: int = 0, *,
+                 layers_per_invocation: list[int] | None = None):
+        """
+        Args:
+            states: the states after ``seen_tokens`` tokens, per invocation (a prefill's final states).
+            seen_tokens: tokens those states have absorbed.
+            layers_per_invocation: without ``states``, the slot count of each invocation
+                (cache_access.layers_per_invocation(config)): an empty cache that the next forward fills, as
+                generate's chunked prefill needs one before its first chunk.
+        """
+        if (states is None) == (layers_per_invocation is None):
+            raise ValueError("pass either states or layers_per_invocation (an empty cache)")
+        if states is None:
+            layers = [MixerStateLayer() for _ in range(sum(layers_per_invocation))]
+            if seen_tokens:
+                raise ValueError(f"an empty cache has absorbed no tokens, got seen_tokens={seen_tokens}")
+        else:
+            layers = [MixerStateLayer(state) for invocation in states for state in invocation]
+            layers_per_invocation = [len(invocation) for invocation in states]
+        super().__init__(layers=layers)
+        self.layers_per_invocation = list(layers_per_invocation)
         self.seen_tokens = seen_tokens
 
     @property
@@ -111,22 +134,27 @@ class HierMambaCache(DynamicCache):
         return grouped
 
     def __iter__(self):
-        """The MixerState of each slot, in slot order (DynamicCache's iteration yields attention keys/values)."""
+        """The MixerState of each slot, in slot order."""
         return (layer.state for layer in self.layers)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         """Tokens absorbed so far (prompt + generated); the cache size does not grow with it."""
         return self.seen_tokens
 
-    def update(self, states: list[list[MixerState]], new_tokens: int) -> None:  # type: ignore[override]
-        """Replace the states after a step or a continued prefill of ``new_tokens`` tokens."""
+    def update(self, *args, **kwargs):
+        """Attention key/value updates do not apply to recurrent states: :meth:`store` writes them."""
+        raise NotImplementedError("HierMambaCache holds recurrent states, not attention keys/values: "
+                                  "write them with store(states, new_tokens)")
+
+    def store(self, states: list[list[MixerState]], new_tokens: int) -> None:
+        """Replace the states after a step or a (continued) prefill of ``new_tokens`` tokens."""
         flat = [state for invocation in states for state in invocation]
         if len(flat) != len(self.layers):
             raise ValueError(f"expected states for {len(self.layers)} slots, got {len(flat)}")
         for layer, state in zip(self.layers, flat):
-            if new_tokens == 1:  # a step: same shapes, dtype and device, only the tensors change
+            if new_tokens == 1 and layer.has_previous_state[0]:  # a step: same shapes, dtype and device
                 layer.conv_states[0], layer.recurrent_states[0] = state
-            else:  # a continued prefill: its states laid out as the constructor keeps them
+            else:  # a prefill: its states laid out as the constructor keeps them
                 layer.set_state(MixerState(*(row_major(t) for t in state)))
         self.seen_tokens += new_tokens
 
@@ -143,7 +171,7 @@ class HierMambaCache(DynamicCache):
         """Bytes of the storages the state tensors keep alive (a view counts its whole storage, once)."""
         storages = {}
         for layer in self.layers:
-            for tensor in layer.state:
+            for tensor in (t for t in layer.state if t is not None):
                 storage = tensor.untyped_storage()
                 storages[storage.data_ptr()] = storage.nbytes()
         return sum(storages.values())

@@ -46,18 +46,16 @@ def check_cache(cache: Cache, config: HierMambaConfig) -> None:
 
 def holds_states(cache: Cache) -> bool:
     """Whether the cache holds states to continue from (a transformers cache holds none before its first write)."""
-    if isinstance(cache, HierMambaCache):
-        return True
     return all(layer.has_previous_state[0] for layer in cache.layers)
 
 
 def cached_states(cache: Cache, config: HierMambaConfig) -> list[list[MixerState]] | None:
     """The states per invocation (``states[i][j]``: layer j of invocation i), or None if the cache holds none."""
     check_cache(cache, config)
-    if isinstance(cache, HierMambaCache):
-        return cache.states
     if not holds_states(cache):
         return None
+    if isinstance(cache, HierMambaCache):
+        return cache.states
     grouped, start = [], 0
     for count in layers_per_invocation(config):
         grouped.append([MixerState(layer.conv_states[0], layer.recurrent_states[0])
@@ -84,7 +82,7 @@ def store_states(cache: Cache, states: list[list[MixerState]], new_tokens: int) 
     addresses) and advances each layer's token counter in place by ``new_tokens``.
     """
     if isinstance(cache, HierMambaCache):
-        cache.update(states, new_tokens=new_tokens)
+        cache.store(states, new_tokens=new_tokens)
         return
     flat = [state for invocation in states for state in invocation]
     for layer, state in zip(cache.layers, flat):

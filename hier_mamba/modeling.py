@@ -2,7 +2,7 @@
 
 No math lives here: the cycle loop is in reasoning.py, the mixers in mixers.py. This file turns
 token ids into embeddings, routes prefill / step / continued prefill, owns the cache object, and
-computes logits and the loss.
+computes logits and the loss; generate()'s cache handling is generation.py.
 """
 
 from __future__ import annotations
@@ -12,13 +12,14 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import ModelOutput
 
 from .cache import HierMambaCache
-from .cache_access import absorbed_tokens, cached_states, store_states
+from .cache_access import cached_states, store_states
 from .configuration import HierMambaConfig
+from .generation import HierMambaGenerationMixin
 from .mixers import FP32_PARAMETERS, Mamba1Mixer, Mamba2Mixer, inverse_softplus_dt
 from .reasoning import H_INIT_SEED, L_INIT_SEED, Carry, HierarchicalReasoner, fixed_initial_state
 
@@ -276,7 +277,7 @@ class HierMambaModel(HierMambaPreTrainedModel):
         return x if multiplier == 1.0 else x * multiplier
 
 
-class HierMambaForCausalLM(HierMambaPreTrainedModel, GenerationMixin):
+class HierMambaForCausalLM(HierMambaPreTrainedModel, HierMambaGenerationMixin):
     """HierMambaModel + an LM head over z_H (tied to the embeddings with tie_word_embeddings); next-token loss
     with -100 ignored; generate()."""
 
@@ -340,69 +341,6 @@ class HierMambaForCausalLM(HierMambaPreTrainedModel, GenerationMixin):
         output = HierMambaCausalLMOutput(loss=loss, logits=logits, cache=outputs.cache, last_hidden_state=hidden,
                                          hidden_states=outputs.hidden_states)
         return output if return_dict else output.to_tuple()
-
-    def _prepare_cache_for_generation(self, generation_config, model_kwargs: dict, *args, **kwargs) -> None:
-        """A transformers cache when ``cache_implementation`` names one ("static", "dynamic", ...); by default none:
-        the prefill builds a HierMambaCache, which counts the absorbed tokens so a generation can continue from it."""
-        if generation_config.cache_implementation is None and model_kwargs.get("cache") is None:
-            return
-        super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
-
-    def prepare_inputs_for_generation(
-        self,
-        input_ids: torch.LongTensor,
-        next_sequence_length: int | None = None,
-        cache: HierMambaCache | None = None,
-        attention_mask: torch.Tensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        use_cache: bool | None = None,
-        is_first_iteration: bool | None = False,
-        **kwargs,
-    ) -> dict:
-        """Prefill the whole prompt once; afterwards feed only the tokens (or embeddings) the cache has not seen.
-
-        Single decoded tokens go without the attention mask (the O(1) step; transformers' Mamba2 drops it too);
-        every other keyword (logits_to_keep, output_hidden_states, ...) is forwarded unchanged.
-        """
-        model_inputs = {key: value for key, value in kwargs.items() if key not in ("labels", "cache_position")}
-        model_inputs["use_cache"] = use_cache
-        if cache is not None:
-            model_inputs["cache"] = cache
-            seen = self._tokens_absorbed(cache, next_sequence_length, inputs_embeds is not None and is_first_iteration)
-            if inputs_embeds is not None and is_first_iteration:  # continuing from embeddings: the full sequence
-                unseen = inputs_embeds[:, seen:] if inputs_embeds.shape[1] > seen else inputs_embeds[:, -1:]
-                model_inputs["inputs_embeds"] = unseen
-                new = model_inputs["inputs_embeds"].shape[1]
-            else:
-                # generate's count may be a 0-d tensor (a transformers cache's counter); prefill only, not per step
-                new = max(input_ids.shape[1] - seen, 1) if next_sequence_length is None else int(next_sequence_length)
-                new = min(new, input_ids.shape[1])
-                # contiguous: one stride for every step's (b, 1) ids, so a compiled forward compiles once
-                model_inputs["input_ids"] = input_ids[:, -new:].clone(memory_format=torch.contiguous_format)
-            if attention_mask is not None and new > 1:
-                model_inputs["attention_mask"] = attention_mask
-        elif inputs_embeds is not None and is_first_iteration:
-            model_inputs.update(inputs_embeds=inputs_embeds, attention_mask=attention_mask)
-        else:
-            model_inputs.update(input_ids=input_ids, attention_mask=attention_mask)
-        return model_inputs
-
-    @staticmethod
-    def _tokens_absorbed(cache, next_sequence_length: int | None, from_embeds: bool) -> int | None:
-        """Tokens the cache has absorbed (None: generate's ``next_sequence_length`` says what is new, as on every
-        decoding step: no host sync for the count).
-
-        A HierMambaCache counts them; a transformers cache holds none before its first write and counts them after
-        it (cache_access.store_states), except on transformers releases whose linear-attention layers have no counter.
-        """
-        if next_sequence_length is not None and not from_embeds and not isinstance(cache, HierMambaCache):
-            return None
-        seen = absorbed_tokens(cache)
-        if seen is None:
-            raise ValueError(f"this {type(cache).__name__} already holds states but this transformers release's "
-                             "linear-attention layers do not count the tokens they absorbed, so the new part of the "
-                             "input is unknown: continue from the HierMambaCache that generate returns by default")
-        return seen
 
     def compile_decoding(self, enabled: bool = True, **options) -> "HierMambaForCausalLM":
         """Run every one-token cached step (generate's decoding) through ``torch.compile`` (``options`` go to it;

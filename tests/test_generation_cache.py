@@ -2,9 +2,11 @@
 
 import pytest
 import torch
-from transformers.cache_utils import Cache
+from transformers import StaticCache
+from transformers.cache_utils import Cache, DynamicCache
 
 from hier_mamba import HierMambaConfig, HierMambaForCausalLM
+from hier_mamba.cache import HierMambaCache
 
 
 def tiny(mixer="mamba2") -> HierMambaConfig:
@@ -24,6 +26,9 @@ def test_cache_is_a_linear_transformers_cache():
     assert isinstance(cache, Cache)
     assert len(cache) == model.config.num_hidden_layers and all(cache.is_linear)
     assert not cache.is_compileable and not cache.is_croppable
+    assert not isinstance(cache, DynamicCache)  # no attention key/value machinery: a plain Cache of state slots
+    with pytest.raises(NotImplementedError, match="not attention keys/values"):
+        cache.update(torch.zeros(2, 1, 5, 4), torch.zeros(2, 1, 5, 4), 0)
     assert cache.get_seq_length() == 5
     # one recurrent ("linear_attention") layer type per slot, as Mamba2Config declares; derived, not saved
     assert model.config.layer_types == ["linear_attention"] * len(cache)
@@ -112,3 +117,45 @@ def test_generate_returns_hidden_states_per_step(options):
         assert len(per_layer) == model.config.num_hidden_layers + 1
         length = 5 if step == 0 else 1
         assert all(h.shape == (rows, length, model.config.hidden_size) for h in per_layer)
+
+
+@pytest.mark.parametrize("implementation", [None, "static"])
+def test_chunked_prefill_generates_what_one_prefill_generates(implementation):
+    model = model_for("mamba2")
+    prompt = torch.randint(1, 50, (2, 37))  # chunks of 16, 16 and 5
+    mask = torch.ones_like(prompt)
+    mask[0, :3] = 0  # left padding: the mask is sliced with the chunks
+    settings = dict(attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=0,
+                    return_dict_in_generate=True, output_scores=True, cache_implementation=implementation)
+    whole = model.generate(prompt, **settings)
+    chunked = model.generate(prompt, prefill_chunk_size=16, **settings)
+    assert torch.equal(chunked.sequences, whole.sequences)
+    for score, expected in zip(chunked.scores, whole.scores):
+        torch.testing.assert_close(score, expected, rtol=1e-4, atol=1e-5)
+    expected_type = HierMambaCache if implementation is None else StaticCache
+    assert type(chunked.cache) is expected_type
+    if implementation is None or hasattr(chunked.cache.layers[0], "cumulative_length_linear"):
+        assert int(chunked.cache.get_seq_length()) == 37 + 4
+
+
+def test_chunked_prefill_feeds_each_token_once():
+    model = model_for("mamba1")
+    prompt = torch.randint(1, 50, (1, 20))
+    fed = []
+    model.model.register_forward_pre_hook(lambda module, args, kwargs: fed.append(
+        (kwargs.get("input_ids") if kwargs.get("input_ids") is not None else args[0]).shape[1]), with_kwargs=True)
+    model.generate(prompt, max_new_tokens=3, do_sample=False, pad_token_id=0, prefill_chunk_size=8)
+    assert fed == [8, 8, 4, 1, 1]  # the prompt in chunks, then one token per decoding step
+
+
+def test_an_empty_cache_is_filled_by_the_first_forward():
+    model = model_for("mamba2")
+    ids = torch.randint(1, 50, (2, 9))
+    empty = HierMambaCache(layers_per_invocation=[2, 1, 2, 1])  # H_cycles=2, L_cycles=1: L, H, L, H
+    assert empty.get_seq_length() == 0 and len(empty) == model.config.num_hidden_layers
+    with torch.no_grad():
+        full = model(ids).logits
+        first = model(ids[:, :4], cache=empty).logits
+        rest = model(ids[:, 4:], cache=empty).logits
+    torch.testing.assert_close(torch.cat([first, rest], dim=1), full, rtol=1e-4, atol=1e-5)
+    assert empty.get_seq_length() == 9
