@@ -6,6 +6,7 @@ AutoModelForTokenClassification (the ACT puzzle head).
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForTokenClassification
 
+from .act_stream import MissingLabelsError
 from .cache import HierMambaCache
 from .configuration import HierMambaConfig
 from .modeling import HierMambaForCausalLM, HierMambaModel, HierMambaPreTrainedModel
@@ -28,6 +29,7 @@ __all__ = [
     "HierMambaModel",
     "HierMambaPreTrainedModel",
     "HierMambaTrainer",
+    "MissingLabelsError",
     "byte_tokenizer",
     "create_optimizer",
     "optimizer_param_groups",

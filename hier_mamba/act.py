@@ -14,10 +14,24 @@ normalises each sequence by its number of labelled tokens.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
+from .reasoning import Carry
+
 IGNORE_INDEX = -100
+
+
+class Segment(NamedTuple):
+    """One segment's results (what the functions below score). carry: (b, l, d) states; logits: (b, l, vocab);
+    q_halt, q_continue: (b,) Q logits of halting now / of running another segment."""
+
+    carry: Carry
+    logits: torch.Tensor
+    q_halt: torch.Tensor
+    q_continue: torch.Tensor
 
 
 def log_stablemax(logits: torch.Tensor, dim: int = -1) -> torch.Tensor:

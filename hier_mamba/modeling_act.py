@@ -6,7 +6,8 @@ Training has two schedules (``config.act_training``), dispatched by ``forward``:
   stream of puzzles whose carry is kept across calls, halted puzzles replaced by the batch's new
   ones; the optimizer steps after every segment. The stream is act_stream.py.
 * ``"all_segments"``: one call runs every segment of the batch, described below. Evaluation
-  (``model.eval()``) always runs this way, as does a training forward without labels.
+  (``model.eval()``) always runs this way, as does a training forward without labels and without gradient
+  (with gradient, a training forward needs labels: act_stream.MissingLabelsError).
 
 All segments in one call: up to ``halt_max_steps`` *segments* (one full H/L pass each). Between
 segments the carry (z_H, z_L) is detached, so the loss, a sum over segments, has the gradient of the
@@ -32,6 +33,7 @@ or special first token for it to read instead (HRM reads position 0, its puzzle-
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -42,15 +44,16 @@ from transformers.modeling_outputs import ModelOutput
 
 from .act import (
     IGNORE_INDEX,
+    Segment,
     draw_min_halt_steps,
     halting_decision,
     q_continue_loss,
     q_halt_loss,
     sequence_cross_entropy,
 )
-from .act_stream import ACTStream
+from .act_stream import ACTStream, MissingLabelsError
 from .configuration import HierMambaConfig
-from .modeling import HierMambaModel, HierMambaPreTrainedModel, check_token_ids
+from .modeling import HierMambaModel, HierMambaPreTrainedModel, check_forward_kwargs, check_token_ids
 from .reasoning import Carry
 from .synthetic_gradients import SyntheticGradientModel, synthetic_boundary
 
@@ -90,17 +93,10 @@ class HierMambaACTOutput(ModelOutput):
     halted: torch.Tensor | None = None
 
 
-class Segment(NamedTuple):
-    """One segment's results. carry: (b, l, d) states; logits: (b, l, vocab); q_halt, q_continue: (b,)."""
-
-    carry: Carry
-    logits: torch.Tensor
-    q_halt: torch.Tensor
-    q_continue: torch.Tensor
-
-
 class _PendingLoss(NamedTuple):
-    """A segment's loss terms that are known now; its q_continue target waits for the next segment's Q."""
+    """One segment's loss terms, held open until the next segment runs: the token CE and q_halt BCE are known when
+    the segment ends, but q_continue's target is built from the *next* segment's Q logits. ``_open`` makes one from
+    a segment, ``_close`` reduces it once that next segment (or none, with ``no_act_continue``) is known."""
 
     lm: torch.Tensor  # (b,) mean token CE per sequence
     q_halt: torch.Tensor  # (b,) BCE against exact correctness
@@ -124,7 +120,7 @@ class HierMambaForTokenClassification(HierMambaPreTrainedModel):
     accepts_loss_kwargs = False  # the loss is normalised here; Trainer must scale it for accumulation
 
     def __init__(self, config: HierMambaConfig):
-        _token_labels(config)
+        config = _token_labels(config)
         super().__init__(config)
         self.model = HierMambaModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
@@ -151,38 +147,53 @@ class HierMambaForTokenClassification(HierMambaPreTrainedModel):
 
     def forward(
         self,
-        input_ids: torch.LongTensor,
-        labels: torch.LongTensor | None = None,
+        input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
         num_segments: int | None = None,
         return_all_segments: bool = False,
-    ) -> HierMambaACTOutput:
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> HierMambaACTOutput | tuple:
         """
         Args:
             input_ids: (b, l) puzzle tokens.
-            labels: (b, l) solution tokens, -100 where not scored.
             attention_mask: (b, l) of 0/1; padded positions are skipped by the scans and the Q pooling.
+            labels: (b, l) solution tokens, -100 where not scored. A training forward with gradient needs them
+                (deep supervision is this head's loss): without, it raises MissingLabelsError.
             num_segments: the most segments to run (default ``config.halt_max_steps``); at evaluation
                 this tests with more (or fewer) segments than training used.
             return_all_segments: also return every segment's logits and Q logits.
+            return_dict: False returns a tuple (defaults to config.return_dict).
+            kwargs: only position_ids / cache_position / output_attentions, which are ignored (as the causal LM).
         Returns:
-            HierMambaACTOutput (see its docstring). Training with labels and ``config.act_training=
-            "one_segment"`` runs one segment of the training stream (act_stream.py); otherwise all
-            segments run here. Halting follows ``act.halting_decision``: Q-head and exploration in
-            training, ``config.act_eval_mode`` in evaluation.
+            HierMambaACTOutput (see its docstring), or its tuple. Training with labels and ``config.act_training=
+            "one_segment"`` runs one segment of the training stream (act_stream.py; without gradient the stream is
+            not advanced); otherwise all segments run here. Halting follows ``act.halting_decision``: Q-head and
+            exploration in training, ``config.act_eval_mode`` in evaluation.
         """
+        check_forward_kwargs(type(self).__name__, kwargs)
+        return_dict = self.config.return_dict if return_dict is None else return_dict
         self._check_inputs(input_ids, labels, attention_mask)
+        if self.training and labels is None and torch.is_grad_enabled():
+            raise MissingLabelsError(
+                "HierMambaForTokenClassification trains with deep supervision, whose loss needs labels in the "
+                "forward; got none (transformers' Trainer removes them when label_smoothing_factor > 0 or "
+                "compute_loss_func is set: leave both unset for this head)")
         if self.training and labels is not None and self.config.act_training == "one_segment":
             if num_segments is not None or return_all_segments:
                 raise ValueError("num_segments and return_all_segments apply when all segments run in one forward "
                                  "(evaluation, or act_training='all_segments'); one_segment training runs one")
-            return self._forward_one_segment(input_ids, labels, attention_mask)
-        return self._forward_all_segments(input_ids, labels, attention_mask, self._max_steps(num_segments),
-                                          return_all_segments)
+            output = self._forward_one_segment(input_ids, labels, attention_mask)
+        else:
+            output = self._forward_all_segments(input_ids, labels, attention_mask, self._max_steps(num_segments),
+                                                return_all_segments)
+        return output if return_dict else output.to_tuple()
 
     def _forward_one_segment(self, input_ids, labels, attention_mask) -> HierMambaACTOutput:
-        """One segment of the training stream, refilled from this batch (act_stream.py). (b, l) inputs."""
-        step = self.act_stream.step(self, input_ids, labels, attention_mask)
+        """One segment of the training stream, refilled from this batch (act_stream.py). (b, l) inputs; the outputs
+        are (b, l') with l' the stream's padded length (l unless a kept puzzle is longer)."""
+        step = self.act_stream.step(self, input_ids, labels, attention_mask, keep=torch.is_grad_enabled())
         segment, state = step.segment, step.state
         return HierMambaACTOutput(
             loss=step.lm_loss + 0.5 * (step.q_halt_loss + step.q_continue_loss), logits=segment.logits,
@@ -195,7 +206,7 @@ class HierMambaForTokenClassification(HierMambaPreTrainedModel):
                               return_all_segments: bool) -> HierMambaACTOutput:
         """Every segment of the batch in this call (module docstring). (b, l) inputs, validated."""
         # 1. Embed once: every segment injects the same x.
-        x = self._embed(input_ids)  # (b, l, d)
+        x = self.embed_inputs(input_ids)  # (b, l, d)
         batch = x.shape[0]
         # 2. Exploration: the minimum number of segments of each sequence (training only: eval draws nothing).
         min_halt_steps = (draw_min_halt_steps(batch, max_steps, self.config.halt_exploration_prob, device=x.device)
@@ -205,7 +216,7 @@ class HierMambaForTokenClassification(HierMambaPreTrainedModel):
         steps = torch.zeros(batch, dtype=torch.long, device=x.device)  # (b,)
         carry, final, pending, terms, history = None, None, None, [], []
         for step in range(1, max_steps + 1):
-            segment = self._segment(x, carry, attention_mask)
+            segment = self.run_segment(x, carry, attention_mask)
             running = ~halted
             if labels is not None:
                 if pending is not None:
@@ -226,19 +237,23 @@ class HierMambaForTokenClassification(HierMambaPreTrainedModel):
             terms.append(self._close(pending, None))
         elif pending is not None:
             with torch.no_grad():
-                extra = self._segment(x, segment.carry.detach(), attention_mask)
+                extra = self.run_segment(x, segment.carry.detach(), attention_mask)
             terms.append(self._close(pending, extra))
         return self._output(final, steps, terms, history, batch)
 
     # segments ---------------------------------------------------------------------------------
-    def _embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def embed_inputs(self, input_ids: torch.Tensor) -> torch.Tensor:
         """The injected input x (b, l, d) of puzzle tokens (b, l): token (+ position) embeddings."""
         x = self.model.get_input_embeddings()(input_ids)  # (b, l, d); the backbone applies the sqrt(d) scale
         if self.position_embeddings is not None:  # HRM: 1/sqrt(2) keeps the sum of two unit-scale tables unit-scale
             x = INV_SQRT2 * (x + self.position_embeddings.weight[: x.shape[1]])  # (l, d) broadcast over the batch
         return x
 
-    def _segment(self, x: torch.Tensor, carry: Carry | None, attention_mask: torch.Tensor | None) -> Segment:
+    def initial_carry(self, x: torch.Tensor) -> Carry:
+        """The carry a fresh puzzle starts from (HRM's H_init, L_init, or zeros), broadcast to x (b, l, d)."""
+        return self.model.reasoner.initial_carry(x)
+
+    def run_segment(self, x: torch.Tensor, carry: Carry | None, attention_mask: torch.Tensor | None) -> Segment:
         """One full H/L pass from ``carry`` (None: the initial states). x: (b, l, d)."""
         outputs = self.model(inputs_embeds=x, attention_mask=attention_mask, carry=carry, use_cache=False,
                              return_dict=True)
@@ -267,7 +282,8 @@ class HierMambaForTokenClassification(HierMambaPreTrainedModel):
 
     # losses -----------------------------------------------------------------------------------
     def _open(self, segment: Segment, labels: torch.Tensor, running: torch.Tensor, is_last_step: bool) -> _PendingLoss:
-        """Loss terms of ``segment`` that need no future: token CE and the q_halt BCE."""
+        """A _PendingLoss holding the terms of ``segment`` that need no future (token CE and the q_halt BCE, (b,)
+        each), its q_continue logits, and which sequences (``running``, (b,) bool) count at this segment."""
         lm = sequence_cross_entropy(segment.logits, labels, self.config.loss_type)  # (b,)
         q_halt = q_halt_loss(segment.q_halt, segment.logits, labels)  # (b,) BCE against exact correctness
         return _PendingLoss(lm, q_halt, segment.q_continue, running, is_last_step)
@@ -325,18 +341,24 @@ class HierMambaForTokenClassification(HierMambaPreTrainedModel):
                              f"expected input_ids' {tuple(input_ids.shape)}")
 
 
-def _token_labels(config: HierMambaConfig) -> None:
-    """The classes of this token-classification head are the vocabulary (a puzzle cell's label is its solution
-    token): an unset (default two-label) id2label becomes the token ids, num_labels = vocab_size; any other
-    num_labels raises. Nothing is tied (the output head reads z_H, not the embeddings): tie_word_embeddings False."""
+def _token_labels(config: HierMambaConfig) -> HierMambaConfig:
+    """The config this head uses: its classes are the vocabulary (a puzzle cell's label is its solution token), so
+    an unset (default two-label) id2label becomes the token ids, num_labels = vocab_size; any other num_labels
+    raises. Nothing is tied (the output head reads z_H, not the embeddings): tie_word_embeddings False. A config
+    that needs either change is copied first: the caller's object is left as it was."""
     default = {0: "LABEL_0", 1: "LABEL_1"}
-    if config.num_labels != config.vocab_size:
-        if config.id2label != default:
-            raise ValueError(f"HierMambaForTokenClassification predicts vocabulary tokens: num_labels must equal "
-                             f"vocab_size={config.vocab_size}, got num_labels={config.num_labels}")
+    relabel = config.num_labels != config.vocab_size
+    if relabel and config.id2label != default:
+        raise ValueError(f"HierMambaForTokenClassification predicts vocabulary tokens: num_labels must equal "
+                         f"vocab_size={config.vocab_size}, got num_labels={config.num_labels}")
+    if not relabel and not config.tie_word_embeddings:
+        return config
+    config = copy.deepcopy(config)
+    if relabel:
         config.id2label = {index: str(index) for index in range(config.vocab_size)}
         config.label2id = {label: index for index, label in config.id2label.items()}
     config.tie_word_embeddings = False
+    return config
 
 
 def _restart_act_stream(module: HierMambaForTokenClassification, incompatible_keys) -> None:

@@ -115,7 +115,8 @@ def test_q_head_halting_in_training_and_in_q_halt_evaluation():
     model = tiny_model(halt_max_steps=4)
     set_q_head(model, halt_bias=5.0)
     input_ids, _ = puzzles()
-    assert model.train()(input_ids).steps.tolist() == [1, 1, 1, 1]
+    with torch.no_grad():  # a training forward without labels runs all segments when it trains nothing
+        assert model.train()(input_ids).steps.tolist() == [1, 1, 1, 1]
     assert model.eval()(input_ids).steps.tolist() == [4, 4, 4, 4]  # act_eval_mode="max_steps" ignores Q
     model.config.act_eval_mode = "q_halt"
     assert model(input_ids).steps.tolist() == [1, 1, 1, 1]
@@ -141,7 +142,8 @@ def test_exploration_sequences_never_halt_before_their_drawn_minimum():
     torch.manual_seed(123)
     minimum = draw_min_halt_steps(16, 5, 1.0)
     torch.manual_seed(123)
-    steps = model(input_ids).steps
+    with torch.no_grad():  # training-mode halting without labels: nothing is trained
+        steps = model(input_ids).steps
     assert (minimum >= 2).all()
     assert torch.equal(steps, minimum)
 

@@ -1,11 +1,13 @@
 """act_training="one_segment": HRM's training stream (act_stream.py) against HRM's loop written out by hand."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from hier_mamba import HierMambaConfig, HierMambaForTokenClassification
+from hier_mamba import HierMambaConfig, HierMambaForTokenClassification, MissingLabelsError
 from hier_mamba.reasoning import Carry
 
 TINY = dict(vocab_size=12, hidden_size=32, H_layers=1, L_layers=1, H_cycles=2, L_cycles=2, state_size=8,
@@ -307,3 +309,100 @@ def test_trainer_resume_continues_as_an_uninterrupted_run_that_restarts_the_stre
     assert trainer.state.global_step == 6
     for (name, actual), wanted in zip(resumed.named_parameters(), uninterrupted.parameters()):
         torch.testing.assert_close(actual, wanted, rtol=1e-5, atol=1e-6, msg=name)
+
+
+# -------------------------------------------------------------- the stream's contracts with its callers
+def test_a_batch_of_another_padded_length_continues_the_stream():
+    model = tiny_model(halt_max_steps=8)  # Q never halts at HRM's init: every puzzle runs all 8 segments
+    lengths = [10, 11, 10, 12, 10]
+    batches = [make_batches(1, length=length, seed=seed)[0] for seed, length in enumerate(lengths)]
+    steps = [model(input_ids, labels=labels).steps.tolist() for input_ids, labels in batches]
+    assert steps == [[s] * 4 for s in range(1, 6)]  # segment 5 of the first puzzles, not 1 five times
+    state = model.act_stream.state
+    first_ids, first_labels = batches[0]
+    # padded to 12 at step 4; back at 10 now that a batch of 10 came and only padding needed the rest
+    assert torch.equal(state.input_ids, first_ids) and torch.equal(state.labels, first_labels)
+    assert state.attention_mask.bool().all()
+    model.eval()
+    with torch.no_grad():  # the padded puzzles' segments are those of the unpadded puzzles
+        unpadded = model(first_ids, num_segments=5).logits  # (4, 10, vocab)
+    model.train()
+    with torch.no_grad():
+        padded = model(*batches[1][:1], labels=batches[1][1]).logits  # segment 6, not kept (no gradient)
+    model.eval()
+    with torch.no_grad():
+        six = model(first_ids, num_segments=6).logits
+    torch.testing.assert_close(padded[:, :10], six, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(six, unpadded)
+
+
+def test_columns_only_padding_needs_are_dropped_once_their_puzzles_halted():
+    model = tiny_model(halt_max_steps=2)  # every puzzle halts after its second segment
+    for length in (12, 12, 10):
+        input_ids, labels = make_batches(1, length=length)[0]
+        output = model(input_ids, labels=labels)
+    assert output.logits.shape[1] == 10 and model.act_stream.state.input_ids.shape == (4, 10)
+    assert output.steps.tolist() == [1, 1, 1, 1]
+
+
+def test_another_batch_size_restarts_the_stream_with_a_warning(caplog):
+    model = tiny_model(halt_max_steps=4)
+    input_ids, labels = make_batches(1)[0]
+    model(input_ids, labels=labels)
+    with caplog.at_level("WARNING", logger="hier_mamba.act_stream"):
+        assert model(input_ids[:2], labels=labels[:2]).steps.tolist() == [1, 1]
+    assert "ACT training stream restarted" in caplog.text and "batch of 2 puzzles" in caplog.text
+
+
+def test_a_training_forward_without_gradient_leaves_the_stream_as_it_was():
+    model = tiny_model(halt_max_steps=4)
+    (input_ids, labels), (other, other_labels) = make_batches(2)
+    model(input_ids, labels=labels)
+    kept = model.act_stream.state
+    with torch.no_grad():
+        peek = model(other, labels=other_labels)
+    assert model.act_stream.state is kept and peek.steps.tolist() == [2, 2, 2, 2] and peek.loss.isfinite()
+    kept_step = model(other, labels=other_labels)  # the same step, now kept
+    assert kept_step.steps.tolist() == [2, 2, 2, 2] and model.act_stream.state is not kept
+    torch.testing.assert_close(kept_step.logits, peek.logits)
+
+
+@pytest.mark.parametrize("act_training", ["one_segment", "all_segments"])
+def test_a_training_forward_without_labels_raises_a_named_error(act_training):
+    model = tiny_model(act_training=act_training)
+    input_ids, _ = make_batches(1)[0]
+    with pytest.raises(MissingLabelsError, match="deep supervision"):
+        model(input_ids)
+    assert model.act_stream.state is None
+
+
+def test_trainer_that_pops_labels_fails_with_the_named_error(tmp_path):
+    model = tiny_model()
+    data = [{"input_ids": ids, "labels": labels} for ids, labels in zip(*make_batches(1, batch=8)[0])]
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=4, report_to=[],
+                             label_smoothing_factor=0.1, save_strategy="no", disable_tqdm=True, use_cpu=True)
+    with pytest.raises(MissingLabelsError):
+        Trainer(model=model, args=args, train_dataset=data).train()
+
+
+def test_data_parallel_replicas_continue_the_stream_of_their_device():
+    model = tiny_model(halt_max_steps=4)
+    input_ids, labels = make_batches(1)[0]
+    for step in (1, 2):  # DataParallel makes new replicas at every forward; they share the model's stream
+        replica = model._replicate_for_data_parallel()
+        assert replica.act_stream is model.act_stream
+        assert replica(input_ids, labels=labels).steps.tolist() == [step] * 4
+    assert list(model.act_stream.states) == [input_ids.device]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a second device (a GPU next to the CPU)")
+def test_streams_of_two_devices_do_not_mix():
+    model = tiny_model(halt_max_steps=4)
+    on_gpu = copy.deepcopy(model).cuda()
+    on_gpu.act_stream = model.act_stream  # as DataParallel's replicas share it, each on its device
+    (a, a_labels), (b, b_labels) = make_batches(2, batch=4)
+    b, b_labels = b[:2], b_labels[:2]  # another part of the batch on the other device
+    for step in (1, 2, 3):
+        assert model(a, labels=a_labels).steps.tolist() == [step] * 4
+        assert on_gpu(b.cuda(), labels=b_labels.cuda()).steps.tolist() == [step] * 2
+    assert torch.equal(model.act_stream.states[torch.device("cpu")].input_ids, a)
