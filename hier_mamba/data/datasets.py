@@ -251,10 +251,12 @@ def build_maze_splits(
     augment_per_puzzle: int = 0,
     loop_fraction: float = 0.15,
     cache_dir: str | Path | None = None,
+    min_path_length: int = 0,
 ) -> Splits:
     """Maze train/test datasets, split at the maze level (see module docstring).
 
     augment_per_puzzle: distinct non-identity dihedral copies per training maze, 0..7.
+    min_path_length:    shortest paths of at least this many steps (Maze-Hard: 111 on 30 x 30).
     Extras per example: "path_length", "symmetry" (dihedral index applied, 0 = none).
     seq_len = size * size, vocab_size = 6.
     """
@@ -262,9 +264,11 @@ def build_maze_splits(
         raise ValueError(f"augment_per_puzzle must lie in 0..7 for mazes, got {augment_per_puzzle}")
     params = dict(n_train=n_train, n_test=n_test, size=size, seed=seed,
                   augment_per_puzzle=augment_per_puzzle, loop_fraction=loop_fraction)
+    if min_path_length:
+        params["min_path_length"] = min_path_length  # only when set: earlier caches keep their keys
 
     def draw_from(rng: random.Random) -> Callable[[], maze.Maze]:
-        return lambda: maze.generate_maze(size, rng, loop_fraction)
+        return lambda: maze.generate_maze(size, rng, loop_fraction, min_path_length)
 
     def key(m: maze.Maze) -> bytes:
         return maze.canonical_key(m.inputs)

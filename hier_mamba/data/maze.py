@@ -9,7 +9,9 @@ Construction:
     3. Open extra walls between two lattice cells in random order (``loop_fraction`` of the
        closed ones). Each opening creates a loop, so the shortest path is no longer the only
        path; an opening is kept only if the start -> goal shortest path stays *unique* (checked
-       by counting shortest paths with BFS), so the label is well defined.
+       by counting shortest paths with BFS), so the label is well defined. With ``min_path_length``
+       the goal is drawn at least that far along the tree and an opening must also keep the
+       shortest path that long (Maze-Hard's 30 x 30 mazes have paths > 110 steps).
 
 Token layout (row-major sequence of size * size):
     0 = pad (reserved), 1 = wall, 2 = open, 3 = start, 4 = goal, 5 = path (label only).
@@ -180,16 +182,29 @@ def maze_from_mask(open_mask: np.ndarray, start: Cell, goal: Cell) -> Maze:
     return Maze(inputs, labels, start, goal, len(path) - 1)
 
 
-def generate_maze(size: int, rng: random.Random, loop_fraction: float = 0.15) -> Maze:
-    """One ``size`` x ``size`` maze with loops and a unique shortest path (see module docstring)."""
+def generate_maze(size: int, rng: random.Random, loop_fraction: float = 0.15, min_path_length: int = 0,
+                  max_attempts: int = 1000) -> Maze:
+    """One ``size`` x ``size`` maze with loops and a unique shortest path (see module docstring).
+
+    min_path_length: the start -> goal shortest path has at least this many steps (Maze-Hard: 111, i.e. > 110).
+        The goal is drawn among lattice cells at least that far along the tree, and a loop is kept only if the
+        shortest path stays that long; a layout with no such goal is redrawn (up to ``max_attempts`` times, then
+        ``RuntimeError``). With 0 the draws are those of earlier versions (same mazes for a seed).
+    """
     if not 0.0 <= loop_fraction <= 1.0:
         raise ValueError(f"loop_fraction must lie in [0, 1], got {loop_fraction}")
-    open_mask = carve_perfect_maze(size, rng)
-    nodes = lattice_cells(size)
-    start = rng.choice(nodes)
-    tree_dist = bfs_distances(open_mask, start)
-    far = max(int(tree_dist[n]) for n in nodes)
-    goal = rng.choice([n for n in nodes if n != start and tree_dist[n] * 2 >= far])
+    for _ in range(max_attempts):
+        open_mask = carve_perfect_maze(size, rng)
+        nodes = lattice_cells(size)
+        start = rng.choice(nodes)
+        tree_dist = bfs_distances(open_mask, start)
+        far = max(int(tree_dist[n]) for n in nodes)
+        goals = [n for n in nodes if n != start and tree_dist[n] * 2 >= far and tree_dist[n] >= min_path_length]
+        if goals:
+            break
+    else:
+        raise RuntimeError(f"no {size}x{size} maze with a path of >= {min_path_length} steps in {max_attempts} draws")
+    goal = rng.choice(goals)
     walls = _closed_inner_walls(open_mask)
     rng.shuffle(walls)
     n_extra = round(loop_fraction * len(walls))
@@ -198,17 +213,18 @@ def generate_maze(size: int, rng: random.Random, loop_fraction: float = 0.15) ->
         if opened == n_extra:
             break
         open_mask[wall] = True
-        if count_shortest_paths(open_mask, start, goal) == 1:
+        if count_shortest_paths(open_mask, start, goal) == 1 and (
+                min_path_length == 0 or bfs_distances(open_mask, start)[goal] >= min_path_length):
             opened += 1
         else:
             open_mask[wall] = False
     return maze_from_mask(open_mask, start, goal)
 
 
-def generate_mazes(n: int, size: int, seed: int, loop_fraction: float = 0.15) -> list[Maze]:
+def generate_mazes(n: int, size: int, seed: int, loop_fraction: float = 0.15, min_path_length: int = 0) -> list[Maze]:
     """``n`` mazes drawn deterministically from ``random.Random(seed)``."""
     rng = random.Random(seed)
-    return [generate_maze(size, rng, loop_fraction) for _ in range(n)]
+    return [generate_maze(size, rng, loop_fraction, min_path_length) for _ in range(n)]
 
 
 def dihedral(grid: np.ndarray, k: int) -> np.ndarray:
