@@ -10,11 +10,14 @@ data config keys:
     augment_per_puzzle  augmented copies per training puzzle (default 0)
     cache_dir           store/reload the generated arrays as .npz (default: none)
     sudoku only:        min_givens, max_givens, min_backtracks
-    maze only:          size, loop_fraction
+    maze only:          size, loop_fraction, min_path_length
     demo_index          test example shown by demo() (default 0)
     on_the_fly          {copies: N, reveal_prob: p}: the training split becomes an on-the-fly set of
                         N fresh augmentations per base puzzle (Sudoku: with partial reveals of probability p;
                         hier_mamba/data/augmented.py) instead of stored copies
+    test_csv            evaluate on a file in the published CSV format instead of the generated test split
+                        (Sudoku-Extreme or Maze-Hard; a local path or a hub dataset name, hier_mamba/data/formats.py);
+                        its ``rating`` column is kept in ``extras``. test_csv_limit: read only its first N rows
 
 The tokens are grid cells, not text: these tasks have no tokenizer (``load_tokenizer`` returns None).
 """
@@ -32,10 +35,11 @@ from hier_mamba import HierMambaConfig, HierMambaForTokenClassification
 from hier_mamba.act import IGNORE_INDEX
 from hier_mamba.data import build_maze_splits, build_sudoku_splits
 from hier_mamba.data.augmented import OnTheFlyMaze, OnTheFlySudoku
+from hier_mamba.data.formats import LOADERS
 
 BUILDERS = {"sudoku": build_sudoku_splits, "maze": build_maze_splits}
 PAD_TOKEN = 0  # both tasks reserve token 0 for padding
-_NOT_BUILDER_KEYS = ("task", "demo_index", "on_the_fly")
+_NOT_BUILDER_KEYS = ("task", "demo_index", "on_the_fly", "test_csv", "test_csv_limit")
 
 
 def load_tokenizer(data_cfg: dict) -> None:
@@ -60,9 +64,12 @@ def build_datasets(data_cfg: dict, seed: int, tokenizer: None = None) -> tuple[D
     if unknown:
         raise ValueError(f"unknown data keys for task {task!r}: {unknown}; accepted: {sorted(accepted)}")
     splits = builder(**kwargs, seed=seed)
+    test = splits.test
+    if data_cfg.get("test_csv") is not None:
+        test = LOADERS[task](data_cfg["test_csv"], limit=data_cfg.get("test_csv_limit"))
     if data_cfg.get("on_the_fly") is None:
-        return splits.train, splits.test
-    return _on_the_fly(task, splits.train, dict(data_cfg["on_the_fly"]), seed), splits.test
+        return splits.train, test
+    return _on_the_fly(task, splits.train, dict(data_cfg["on_the_fly"]), seed), test
 
 
 def _on_the_fly(task: str, train, options: dict, seed: int) -> Dataset:
