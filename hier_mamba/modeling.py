@@ -8,6 +8,7 @@ computes logits and the loss; generate()'s cache handling is generation.py.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import torch
@@ -98,6 +99,13 @@ def check_token_ids(name: str, ids: torch.Tensor, vocab_size: int, ignore_index:
         raise ValueError(f"{name}{list(position)} = {int(ids[position])} is outside the vocabulary [0, {vocab_size})")
 
 
+# The parameters from_pretrained(dtype=bf16 / fp16) keeps in fp32: the mixers' fp32 names (mixers.FP32_PARAMETERS)
+# and Mamba1's dt bias (dt_proj.bias, which mamba_ssm's kernels read in fp32 like Mamba2's dt_bias). transformers
+# searches these regexes in full parameter names, so each is anchored to whole trailing name components: a bare
+# "D" would also match any other name with a D in it.
+FP32_PARAMETER_PATTERNS = tuple(rf"(?<=\.){re.escape(name)}$" for name in (*FP32_PARAMETERS, "dt_proj.bias"))
+
+
 class HierMambaPreTrainedModel(PreTrainedModel):
     """Weight init and the flags transformers reads (checkpointing, stateful generation)."""
 
@@ -108,18 +116,20 @@ class HierMambaPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["Block"]
     _is_stateful = True
-    # from_pretrained(dtype=bf16 / fp16) loads these in fp32 (parameter names; mixers.FP32_PARAMETERS)
-    _keep_in_fp32_modules_strict = list(FP32_PARAMETERS)
+    # from_pretrained(dtype=bf16 / fp16) loads the parameters these regexes find in fp32 (FP32_PARAMETER_PATTERNS)
+    _keep_in_fp32_modules_strict = list(FP32_PARAMETER_PATTERNS)
 
     def __init__(self, config: HierMambaConfig, *args, **kwargs):
         config.validate_fields()  # again: a field set after the config was built (e.g. head_dim) fails here, named
         super().__init__(config, *args, **kwargs)
 
     def post_init(self) -> None:
-        """transformers' post_init, then only the fp32 names this model has (a mamba1 mixer has no dt_bias)."""
+        """transformers' post_init, then only the fp32 patterns that find a parameter here (mamba1 has no dt_bias,
+        mamba2 no dt_proj)."""
         super().post_init()
-        present = {name.rsplit(".", 1)[-1] for name, _ in self.named_parameters()}
-        self._keep_in_fp32_modules_strict -= set(FP32_PARAMETERS) - present
+        names = [name for name, _ in self.named_parameters()]
+        self._keep_in_fp32_modules_strict = {pattern for pattern in self._keep_in_fp32_modules_strict
+                                             if any(re.search(pattern, name) for name in names)}
 
     def _init_weights(self, module: nn.Module) -> None:
         """Linear normal(initializer_range); Embedding normal(config.embedding_init_std: HRM's 1/sqrt(d)
@@ -162,7 +172,9 @@ class HierMambaPreTrainedModel(PreTrainedModel):
         if mixer.conv1d.bias is not None:
             init.zeros_(mixer.conv1d.bias)
         init.kaiming_uniform_(mixer.out_proj.weight, a=math.sqrt(5))
-        if config.rescale_prenorm_residual:  # GPT-2 scheme: residual writes scaled by 1/sqrt(depth)
+        # GPT-2 scheme: residual writes scaled by 1/sqrt(depth). Only a weight drawn just now: from_pretrained marks
+        # loaded ones _is_hf_initialized (the init functions above skip them; this division must too).
+        if config.rescale_prenorm_residual and not getattr(mixer.out_proj.weight, "_is_hf_initialized", False):
             with torch.no_grad():
                 mixer.out_proj.weight /= math.sqrt(config.residual_layers)
 

@@ -1,10 +1,13 @@
-"""A_log, D and dt_bias stay fp32 under a bf16 model (from_pretrained and .to), and bf16 autocast trains."""
+"""A_log, D and the dt bias (Mamba2's dt_bias, Mamba1's dt_proj.bias) stay fp32 under a bf16 model (from_pretrained;
+.to keeps A_log, D, dt_bias), and bf16 autocast trains."""
+
+import re
 
 import pytest
 import torch
 
 from hier_mamba import HierMambaConfig, HierMambaForCausalLM, HierMambaModel
-from hier_mamba.mixers import FP32_PARAMETERS
+from hier_mamba.modeling import FP32_PARAMETER_PATTERNS
 
 
 def tiny(mixer) -> HierMambaConfig:
@@ -18,7 +21,7 @@ def _dtypes(model) -> dict[str, torch.dtype]:
 
 def _assert_mixed(model, low: torch.dtype) -> None:
     dtypes = _dtypes(model)
-    kept = {name for name in dtypes if name.rsplit(".", 1)[-1] in FP32_PARAMETERS}
+    kept = {name for name in dtypes if any(re.search(pattern, name) for pattern in FP32_PARAMETER_PATTERNS)}
     assert kept, "the model has fp32-kept parameters"
     assert all(dtypes[name] == torch.float32 for name in kept), {n: dtypes[n] for n in kept}
     assert all(dtype == low for name, dtype in dtypes.items() if name not in kept)
@@ -40,13 +43,29 @@ def test_from_pretrained_bf16_keeps_ssm_parameters_fp32(mixer, tmp_path):
 
 
 @pytest.mark.parametrize("mixer", ["mamba1", "mamba2"])
-def test_keep_in_fp32_names_exist(mixer):
-    """Every name in _keep_in_fp32_modules_strict is a parameter of the model (mamba1 has no dt_bias)."""
+def test_keep_in_fp32_patterns_each_find_a_parameter(mixer):
+    """Every pattern in _keep_in_fp32_modules_strict finds a parameter (transformers' common test wraps each in
+    (?:^|\\.)...(?:\\.|$)); mamba1 has no dt_bias, mamba2 no dt_proj."""
     for model in (HierMambaModel(tiny(mixer)), HierMambaForCausalLM(tiny(mixer))):
-        leaves = {name.rsplit(".", 1)[-1] for name, _ in model.named_parameters()}
+        names = [name for name, _ in model.named_parameters()]
         assert model._keep_in_fp32_modules_strict
-        assert model._keep_in_fp32_modules_strict <= leaves, model._keep_in_fp32_modules_strict - leaves
-    assert ("dt_bias" in model._keep_in_fp32_modules_strict) == (mixer == "mamba2")
+        for pattern in model._keep_in_fp32_modules_strict:
+            assert any(re.search(rf"(?:^|\.){pattern}(?:\.|$)", name) for name in names), pattern
+    expected = {"A_log", "D", "dt_bias"} if mixer == "mamba2" else {"A_log", "D", "dt_proj.bias"}
+    kept = {name.split("mixer.")[-1] for name in names
+            if any(re.search(pattern, name) for pattern in model._keep_in_fp32_modules_strict)}
+    assert kept == expected
+
+
+def test_fp32_patterns_match_whole_names_only():
+    def kept(name):
+        return any(re.search(pattern, name) for pattern in FP32_PARAMETER_PATTERNS)
+
+    assert kept("model.reasoner.L.layers.0.mixer.D") and kept("model.reasoner.H.layers.1.grid_mixers.col.0.A_log")
+    assert kept("model.reasoner.L.layers.0.mixer.dt_proj.bias")
+    for other in ("model.Decoder.weight", "model.reasoner.L.layers.0.mixer.D_extra", "head.DA_log",
+                  "model.reasoner.L.layers.0.mixer.dt_proj.weight", "model.x.out_proj.bias", "Dt_bias"):
+        assert not kept(other), other
 
 
 @pytest.mark.parametrize("low", [torch.bfloat16, torch.float16])

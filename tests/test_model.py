@@ -247,3 +247,15 @@ def test_last_cycle_window_needs_the_hierarchy():
     with pytest.raises(ValueError, match="last_cycle"):
         tiny(architecture="looped", bptt_steps="last_cycle")
     assert tiny(architecture="looped", bptt_steps="one_step").recorded_invocations == 1
+
+
+def test_from_pretrained_with_mismatched_sizes_keeps_the_loaded_out_proj_weights(tmp_path):
+    model = model_for(tiny())
+    model.save_pretrained(tmp_path)
+    # another vocabulary: the embeddings and head are drawn anew, every mixer weight is loaded
+    loaded = HierMambaForCausalLM.from_pretrained(tmp_path, vocab_size=60, ignore_mismatched_sizes=True)
+    assert loaded.model.embeddings.weight.shape == (60, 32)
+    original = dict(model.named_parameters())
+    for name, parameter in loaded.named_parameters():
+        if "out_proj" in name:
+            torch.testing.assert_close(parameter, original[name], rtol=0, atol=0, msg=name)
