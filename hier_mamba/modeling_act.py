@@ -55,6 +55,7 @@ from .act_stream import ACTStream, MissingLabelsError
 from .configuration import HierMambaConfig
 from .modeling import HierMambaModel, HierMambaPreTrainedModel, check_forward_kwargs, check_token_ids
 from .reasoning import Carry
+from .solving import SolveOutput, solve as solve_puzzles
 from .synthetic_gradients import SyntheticGradientModel, synthetic_boundary
 
 INV_SQRT2 = 0.5 ** 0.5
@@ -136,6 +137,12 @@ class HierMambaForTokenClassification(HierMambaPreTrainedModel):
     def reset_training_carry(self) -> None:
         """Restart the one_segment training stream: the next training step takes all its puzzles from its batch."""
         self.act_stream.reset()
+
+    def solve(self, input_ids: torch.Tensor, max_segments: int | None = None, halt: str = "q", **options) -> SolveOutput:
+        """Answer puzzles (b, l) with test-time compute: up to ``max_segments`` segments, halting by the Q-head
+        (``halt="q"``) or not (``"fixed"``); ``options`` (copies, select, rounds, commit_threshold, blank_token,
+        seed) as :func:`hier_mamba.solving.solve`. Returns its SolveOutput (predictions (b, l), segments run, ...)."""
+        return solve_puzzles(self, input_ids, max_segments=max_segments, halt=halt, **options)
 
     def _init_weights(self, module: nn.Module) -> None:
         """The backbone's init (the untied lm_head LeCun normal, HRM's), then HRM's Q-head (weight 0, bias -5),
