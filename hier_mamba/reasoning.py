@@ -125,8 +125,9 @@ class HierarchicalReasoner(nn.Module):
             the final Carry, and (if asked) one list of per-layer MixerStates per invocation.
         """
         if step:
-            step_fn = self._step if self._compiled_step is None else self._compiled_step
-            return step_fn(x, initial_states, hidden_states_out)
+            if self._compiled_step is None:
+                return self._step(x, initial_states, hidden_states_out)
+            return self._compiled_step(self, x, initial_states, hidden_states_out)  # this instance's weights
         # 1. Start from the initial states (or the given carry).
         carry = carry if carry is not None else self.initial_carry(x)
         states = [] if return_states else None
@@ -158,15 +159,18 @@ class HierarchicalReasoner(nn.Module):
         offload of H_init / L_init, FSDP) apply. Returns z_H (b, d) and the new states."""
         return self(x, initial_states=states, hidden_states_out=hidden_states_out, step=True)
 
-    _compiled_step = None  # set by compile_step: the torch.compile'd _step that decoding then runs
+    # set by compile_step: the torch.compile'd unbound _step that decoding then runs, called with the reasoner, so
+    # a copy (copy.deepcopy) that shares it still runs on its own weights (dynamo guards on the module it gets)
+    _compiled_step = None
 
     def compile_step(self, enabled: bool = True, **options) -> None:
-        """Decode through ``torch.compile(self._step, **options)`` (``dynamic=False`` unless given), or stop
+        """Decode through ``torch.compile(HierarchicalReasoner._step, **options)`` (``dynamic=False`` unless given), or stop
         (``enabled=False``). One token's step is ~30 small ops per block: eager CPU decoding is bound by their
         dispatch, which inductor fuses into a few kernels between the projections. The first compiled token
         compiles (tens of seconds on CPU; again for a new batch size); module hooks are traced along (or split
         the graph). Numerics: the same ops, fused, so fp32 results agree to rounding (~1e-6)."""
-        self._compiled_step = torch.compile(self._step, **{"dynamic": False, **options}) if enabled else None
+        self._compiled_step = (torch.compile(HierarchicalReasoner._step, **{"dynamic": False, **options})
+                               if enabled else None)
 
     def _step(self, x, states, hidden_states_out):
         """See :meth:`step`.

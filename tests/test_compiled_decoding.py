@@ -69,3 +69,24 @@ def test_cached_states_are_row_major_after_prefill_and_continuation():
         assert all(_row_major(t) for layer in cache.layers for t in layer.state)
         model(ids[:, 7:], cache=cache)  # a continued prefill of 6 tokens
     assert all(_row_major(t) for layer in cache.layers for t in layer.state)
+
+
+def test_a_deep_copy_of_a_compiled_model_decodes_with_its_own_weights():
+    import copy
+
+    model = model_for(tiny()).compile_decoding(backend="eager")
+    clone = copy.deepcopy(model)
+    with torch.no_grad():  # the copy's reasoner (what the compiled step runs) now differs from the original's
+        for name, parameter in clone.model.reasoner.named_parameters():
+            if name.endswith("out_proj.weight"):
+                parameter.mul_(5)
+    prompt = torch.randint(1, 50, (2, 6))
+    settings = dict(max_new_tokens=5, do_sample=False, pad_token_id=0, return_dict_in_generate=True,
+                    output_scores=True)
+    compiled = clone.generate(prompt, **settings)
+    eager = clone.compile_decoding(False).generate(prompt, **settings)
+    assert torch.equal(compiled.sequences, eager.sequences)
+    for ours, reference in zip(compiled.scores, eager.scores):
+        torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+    original = model.generate(prompt, **settings)  # still compiled, on its own weights
+    assert not torch.allclose(original.scores[-1], compiled.scores[-1], rtol=1e-3, atol=1e-3)
