@@ -19,6 +19,7 @@ from torch import nn
 from .configuration import HierMambaConfig
 from .norms import RMSNorm
 from .ops import get_ops
+from .ops.kernel_limits import split_conv_scan_fits
 
 
 class MixerState(NamedTuple):
@@ -46,7 +47,7 @@ def inverse_softplus_dt(size: int, config: HierMambaConfig) -> torch.Tensor:
 def intercepted(module: nn.Module) -> bool:
     """Whether something stands in a module's forward (a peft adapter, an accelerate offload hook, a forward hook):
     then the mixers call the module instead of reading its weights (their fast path)."""
-    return (type(module) not in (nn.Conv1d, nn.Linear) or bool(module._forward_hooks)
+    return (type(module) not in (nn.Conv1d, nn.Linear, RMSNorm) or bool(module._forward_hooks)
             or bool(module._forward_pre_hooks) or hasattr(module, "_hf_hook"))
 
 
@@ -73,6 +74,13 @@ def causal_conv_step(conv1d: nn.Conv1d, ops, x: torch.Tensor, state: torch.Tenso
     window = torch.cat([state.to(x.dtype), x.unsqueeze(-1)], dim=-1)  # (b, c, w)
     y = conv1d(window)[..., window.shape[-1] - 1]  # the window ending at the new token
     return nn.functional.silu(y), window[..., 1:].clone()
+
+
+def gated_norm(norm: RMSNorm, ops, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """norm(y, z): on the kernels' fp16 / bf16 gated RMSNorm when the ops have one (not for an intercepted norm)."""
+    if ops.gated_norm is not None and y.dtype in (torch.float16, torch.bfloat16) and not intercepted(norm):
+        return ops.gated_norm(y, z, norm.weight, norm.eps, norm.group_size)
+    return norm(y, z)
 
 
 FP32_PARAMETERS = ("A_log", "D", "dt_bias")
@@ -136,6 +144,14 @@ class Mamba2Mixer(_KeepFP32):
         ops = get_ops(self.config.ssm_backend, hidden_states.device)
         # 1. Input projection to the gate z, the conv input (x, B, C) and dt.
         projected = self.in_proj(mask_padding(hidden_states, attention_mask))
+        if ops.mamba2_fused is not None and state is None and attention_mask is None and self._fused_fits():
+            # 2-4 as one kernel (mamba_ssm's split + conv + SSD + gated RMSNorm), then the output projection.
+            y, conv_state, ssm_state = ops.mamba2_fused(
+                projected, self.d_inner, self.conv_dim, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.dt_bias,
+                -torch.exp(self.A_log.float()), self.D, self.config.chunk_size, self.config.time_step_limit,
+                self.norm.weight, self.norm.eps, self.head_dim, self.n_groups,
+            )  # (b, l, d_inner)
+            return self.out_proj(y), MixerState(conv_state, ssm_state)
         # 2. Split, and the causal depthwise conv over time of (x, B, C).
         z, x, B, C, dt, conv_state = self._split_conv(projected, ops, state, attention_mask)
         # 3. Chunked SSD scan.
@@ -147,8 +163,14 @@ class Mamba2Mixer(_KeepFP32):
             dt_limit=self.config.time_step_limit, initial_state=None if state is None else state.ssm,
         )  # (b, l, h, p)
         # 4. Gated RMSNorm and output projection.
-        out = self.out_proj(self.norm(y.reshape(batch, length, self.d_inner), z))
+        out = self.out_proj(gated_norm(self.norm, ops, y.reshape(batch, length, self.d_inner), z))
         return out, MixerState(conv_state, ssm_state)
+
+    def _fused_fits(self) -> bool:
+        """Whether the kernels' whole-mixer op may run: no adapter or hook on the conv or the norm (the op reads
+        their weights), and conv channels and width that causal_conv1d takes."""
+        return (not intercepted(self.conv1d) and not intercepted(self.norm)
+                and split_conv_scan_fits(self.conv_dim, self.config.conv_kernel))
 
     def _split_conv(self, projected: torch.Tensor, ops, state: MixerState | None,
                     attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
@@ -180,7 +202,8 @@ class Mamba2Mixer(_KeepFP32):
             B.reshape(batch, self.n_groups, self.state_size), C.reshape(batch, self.n_groups, self.state_size),
             D=self.D, dt_bias=self.dt_bias, dt_softplus=True, dt_limit=self.config.time_step_limit,
         )  # (b, h, p)
-        return self.out_proj(self.norm(y.reshape(batch, self.d_inner), z)), MixerState(conv_state, ssm_state)
+        y = gated_norm(self.norm, ops, y.reshape(batch, self.d_inner), z)
+        return self.out_proj(y), MixerState(conv_state, ssm_state)
 
 
 class Mamba1Mixer(_KeepFP32):

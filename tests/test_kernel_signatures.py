@@ -110,6 +110,31 @@ class FakeCausalConv1dCuda(FakeExtension):
         if final_states_out is not None:
             final_states_out.copy_(final)
 
+    def causal_conv1d_bwd(self, x, weight, bias, dout, seq_idx, initial_states, dfinal_states, dx, dweight, dbias,
+                          dinitial_states, silu_activation):
+        """Gradients of causal_conv1d_fwd in fp32, written into the outputs (by hand: a custom op runs below
+        autograd). pre_t = sum_k w_k x_{t + k - (w - 1)} + bias; y = silu(pre)."""
+        self.count("causal_conv1d_bwd")
+        check(dout.dtype == x.dtype and tuple(dout.shape) == tuple(x.shape), "dout: x's dtype and shape")
+        check(dweight.dtype == torch.float32 and (dbias is None or dbias.dtype == torch.float32), "dweight, dbias fp32")
+        check(seq_idx is None and initial_states is None and dfinal_states is None, "stand-in: no states, no seq_idx")
+        width, length = weight.shape[-1], x.shape[-1]
+        padded, w = F.pad(x.float(), (width - 1, 0)), weight.float()  # (b, d, w - 1 + l)
+        pre = sum(w[:, k, None] * padded[:, :, k:k + length] for k in range(width))
+        if bias is not None:
+            pre = pre + bias.float()[:, None]
+        g = dout.float()
+        if silu_activation:
+            sigmoid = torch.sigmoid(pre)
+            g = g * sigmoid * (1 + pre * (1 - sigmoid))
+        grad_padded = torch.zeros_like(padded)
+        for k in range(width):
+            grad_padded[:, :, k:k + length] += g * w[:, k, None]
+            dweight[:, k] = (g * padded[:, :, k:k + length]).sum((0, 2))
+        dx.copy_(grad_padded[:, :, width - 1:])
+        if dbias is not None:
+            dbias.copy_(g.sum((0, 2)))
+
     def causal_conv1d_update(self, x, conv_state, weight, bias, out, silu_activation, cache_seqlens,
                              conv_state_indices):
         self.count("causal_conv1d_update")
@@ -222,11 +247,12 @@ def run_checks(fakes: dict) -> dict:
                 compare(cuda_kernels.selective_scan(u, delta, A, B, C), selective_scan(u, delta, A, B, C))]
         return dict(err=max(errs), calls=fakes["selective_scan_cuda"].calls.copy(), expected_calls={"fwd": 2})
 
-    def scan_initial_state_check():  # the kernel starts from zeros: the adapter must use the torch op
+    def scan_initial_state_check():  # the kernel starts from zeros: it runs, the initial state's part is added in torch
         initial = torch.randn(b, d, n)
-        return dict(err=compare(cuda_kernels.selective_scan(u, delta, A, B, C, D, z, delta_bias, initial_state=initial),
-                                selective_scan(u, delta, A, B, C, D, z, delta_bias, initial_state=initial)),
-                    calls=fakes["selective_scan_cuda"].calls.copy(), expected_calls={})
+        errs = [compare(cuda_kernels.selective_scan(u, delta, A, B, C, D, gate, delta_bias, initial_state=initial),
+                        selective_scan(u, delta, A, B, C, D, gate, delta_bias, initial_state=initial))
+                for gate in (z, None)]
+        return dict(err=max(errs), calls=fakes["selective_scan_cuda"].calls.copy(), expected_calls={"fwd": 2})
 
     def mixer_check(kind: str, expected: dict):
         config = dict(hidden_size=32, mixer=kind, state_size=8, head_dim=16, chunk_size=8)

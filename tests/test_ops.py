@@ -284,3 +284,28 @@ def test_scans_with_decays_beyond_the_floor_equal_their_references():
         torch.testing.assert_close(o, e, rtol=1e-5, atol=1e-5)
     for g1, g2 in zip(projected_grads(ours, [u, delta]), projected_grads(expected, [u, delta])):
         torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_zero_state_scan_plus_initial_state_contribution_equals_the_scan_from_that_state(gated):
+    """What the CUDA adapter does for Mamba1 with an initial state (selective_scan_fn starts from zeros): the zero-state
+    scan plus the initial state's decayed read-out (gated like the rest) and decayed final state, values and
+    gradients, equal the scan from that state. Blocks of 7 steps over 20 so the contribution's blocking is covered."""
+    from hier_mamba.ops.selective_scan import initial_state_contribution
+
+    torch.manual_seed(11)
+    b, d, n, l = 2, 5, 4, 20
+    u, delta, z = (torch.randn(b, d, l, requires_grad=True) for _ in range(3))
+    A = (-torch.rand(d, n) * 3 - 0.1).requires_grad_()
+    B, C = (torch.randn(b, n, l, requires_grad=True) for _ in range(2))
+    D, bias, h0 = torch.randn(d, requires_grad=True), torch.randn(d, requires_grad=True), torch.randn(b, d, n, requires_grad=True)
+    gate = z if gated else None
+    y, final = selective_scan(u, delta, A, B, C, D, gate, bias, True)
+    carried, decayed = initial_state_contribution(delta, A, C, bias, True, h0, block=7)
+    ours = (y + carried * (torch.nn.functional.silu(z) if gated else 1), final + decayed)
+    reference = selective_scan(u, delta, A, B, C, D, gate, bias, True, initial_state=h0)
+    leaves = [u, delta, A, B, C, D, bias, h0] + ([z] if gated else [])
+    for a, r in zip(ours, reference):
+        torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-5)
+    for g1, g2 in zip(projected_grads(list(ours), leaves), projected_grads(list(reference), leaves)):
+        torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-5)

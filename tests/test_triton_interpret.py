@@ -2,7 +2,9 @@
 
 The chunk scan (length not a multiple of the chunk, 2 groups, initial and final states, dt_limit;
 forward and backward), both state updates (with and without D, dt_bias, dt_limit), the gated
-RMSNorm, a Mamba2 mixer and whole models are compared with the torch ops. The work happens in a
+RMSNorm, a Mamba2 mixer, a Mamba2 mixer through the fused whole-mixer op (its conv on
+causal_conv1d's torch stand-in; forward, backward, final states) and whole models are compared
+with the torch ops. The work happens in a
 child process, tests/triton_checks.py, because it needs TRITON_INTERPRET=1 before triton is
 imported and stand-ins for the compiled extensions and two torch.cuda functions; none of them can
 reach this test session (checked below). Skipped when triton, einops, mamba_ssm or causal_conv1d is
@@ -24,9 +26,9 @@ from helpers import KERNEL_PACKAGES_MISSING
 
 WORKER = Path(__file__).with_name("triton_checks.py")
 CHECKS = ["chunk_scan", "ssd_state_update", "selective_state_update", "gated_rmsnorm", "mamba2_mixer",
-          "model_mamba2", "model_mamba1"]
-# Relative error in fp32. Measured on CPU: <= 3.3e-6 (chunk-scan gradients), <= 2e-7 elsewhere; the
-# kernels sum in another order than the torch ops, so exact equality is not expected.
+          "mamba2_fused", "model_mamba2", "model_mamba1"]
+# Relative error in fp32. Measured on CPU: <= 3.3e-6 (chunk-scan gradients), 1.0e-6 (the fused mixer), <= 2e-7
+# elsewhere; the kernels sum in another order than the torch ops, so exact equality is not expected.
 TOLERANCE = 1e-4
 
 missing = KERNEL_PACKAGES_MISSING  # tests/helpers.py
@@ -56,6 +58,7 @@ def test_triton_kernel_matches_torch_op(report, name):
     assert "error" not in result, result.get("error")
     assert result["err"] < TOLERANCE, result
     assert result.get("same_tokens", True), f"greedy generation differs: {result}"
+    assert result.get("fused_calls", 1) == 1, f"the fused Mamba2 op did not run: {result}"
 
 
 def test_no_stand_in_reaches_this_session(report):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import os
@@ -41,10 +42,16 @@ COMPILED_EXTENSIONS = ("selective_scan_cuda", "causal_conv1d_cuda")
 
 
 def setup(device: str) -> list[str]:
-    """Stand-ins for what a CPU process lacks; returns the names of the stubbed compiled extensions."""
+    """Stand-ins for what a CPU process lacks; returns the names of the stubbed compiled extensions. causal_conv1d's
+    stand-in computes with the torch conv (tests/test_kernel_signatures.py), so mamba_ssm's fused Mamba2 op, whose
+    conv is causal_conv1d's, runs its Triton parts here."""
     stubbed = [name for name in COMPILED_EXTENSIONS if importlib.util.find_spec(name) is None]
     for name in stubbed:
         sys.modules[name] = types.ModuleType(name)
+    if "causal_conv1d_cuda" in stubbed:
+        from test_kernel_signatures import FakeCausalConv1dCuda  # tests/, beside this file
+
+        sys.modules["causal_conv1d_cuda"] = FakeCausalConv1dCuda("causal_conv1d_cuda")
     if device == "cpu":
         if os.environ.get("TRITON_INTERPRET") != "1":
             raise SystemExit("--device cpu needs TRITON_INTERPRET=1 in the environment before triton is imported")
@@ -166,12 +173,13 @@ def triton_ops():
 
 
 @contextlib.contextmanager
-def triton_backend():
-    """Inside: mixers with ssm_backend='cuda' use :func:`triton_ops` on any device."""
+def triton_backend(ops=None):
+    """Inside: mixers with ssm_backend='cuda' use ``ops`` (default :func:`triton_ops`) on any device."""
     from hier_mamba import mixers
 
+    ops = ops or triton_ops()
     original = mixers.get_ops
-    mixers.get_ops = lambda requested, device: triton_ops() if requested == "cuda" else original(requested, device)
+    mixers.get_ops = lambda requested, device: ops if requested == "cuda" else original(requested, device)
     try:
         yield
     finally:
@@ -207,6 +215,50 @@ def check_mamba2_mixer(device, dtype) -> dict:
     return dict(err=max(result.values()), **result)
 
 
+def check_mamba2_fused(device, dtype) -> dict:
+    """Mamba2Mixer through mamba_ssm's whole-mixer op (split + conv + SSD + gated RMSNorm, from zero states; the
+    conv on causal_conv1d's stand-in on CPU), forward + backward, final conv and SSM states, vs the torch mixer;
+    and the gated-RMSNorm adapter alone."""
+    from hier_mamba import HierMambaConfig
+    from hier_mamba.mixers import Mamba2Mixer
+    from hier_mamba.ops import cuda_kernels
+
+    config = dict(hidden_size=64, mixer="mamba2", state_size=16, head_dim=32, n_groups=2, chunk_size=16,
+                  time_step_limit=(0.001, 0.2))
+    torch.manual_seed(6)
+    ref = Mamba2Mixer(HierMambaConfig(ssm_backend="torch", **config)).to(device, dtype)
+    fast = Mamba2Mixer(HierMambaConfig(ssm_backend="cuda", **config)).to(device, dtype)
+    fast.load_state_dict(ref.state_dict())
+    with torch.no_grad():
+        for mixer in (ref, fast):
+            mixer.norm.weight.normal_(generator=torch.Generator().manual_seed(7))
+    x = torch.randn(2, 40, 64, device=device, dtype=dtype, requires_grad=True)
+    calls = []
+    fused = cuda_kernels.mamba2_split_conv_scan
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return fused(*args, **kwargs)
+
+    ops = dataclasses.replace(triton_ops(), mamba2_fused=counted, gated_norm=cuda_kernels.gated_rmsnorm)
+    with triton_backend(ops):
+        y, state = fast(x)
+        g = grads([y, state.ssm], [x, *fast.parameters()])
+    y_ref, state_ref = ref(x)
+    g_ref = grads([y_ref, state_ref.ssm], [x, *ref.parameters()])
+    gate = torch.randn(2, 7, 64, device=device, dtype=dtype)
+    norm_in = torch.randn(2, 7, 64, device=device, dtype=dtype)
+    norm = cuda_kernels.gated_rmsnorm(norm_in, gate, ref.norm.weight[:64], ref.norm.eps, 32)
+    from hier_mamba.norms import RMSNorm
+
+    norm_ref = RMSNorm(64, eps=ref.norm.eps, group_size=32).to(device, dtype)
+    with torch.no_grad():
+        norm_ref.weight.copy_(ref.norm.weight[:64])
+    result = dict(fwd=worst([(y, y_ref), (state.ssm, state_ref.ssm), (state.conv, state_ref.conv)]),
+                  bwd=worst(zip(g, g_ref)), norm=rel_err(norm, norm_ref(norm_in, gate)))
+    return dict(err=max(result.values()), fused_calls=len(calls), **result)
+
+
 def check_model(device, dtype, mixer: str) -> dict:
     """HierMambaForCausalLM: logits of a prompt, and of greedy generation (each token a step), vs torch."""
     from hier_mamba import HierMambaConfig, HierMambaForCausalLM
@@ -234,6 +286,7 @@ CHECKS = {
     "selective_state_update": check_selective_state_update,
     "gated_rmsnorm": check_gated_rmsnorm,
     "mamba2_mixer": check_mamba2_mixer,
+    "mamba2_fused": check_mamba2_fused,
     "model_mamba2": lambda device, dtype: check_model(device, dtype, "mamba2"),
     "model_mamba1": lambda device, dtype: check_model(device, dtype, "mamba1"),
 }

@@ -40,7 +40,9 @@ class Ops:
     """The ops one mixer call uses; see ops/conv.py, ops/selective_scan.py and ops/ssd.py for shapes.
 
     ``split_conv`` (ops/split_conv.py) fuses Mamba2's projection split with ``conv``; a bundle without it (None:
-    the kernels, whose own fusion takes the whole mixer) gets the split and ``conv`` called one after the other."""
+    the kernels, whose own fusion takes the whole mixer) gets the split and ``conv`` called one after the other.
+    ``mamba2_fused`` (the kernels' whole Mamba2 mixer from zero states) and ``gated_norm`` (their fp16 / bf16 gated
+    RMSNorm) exist only in the kernels' bundle; see ops/cuda_kernels.py for their signatures."""
 
     name: str
     conv: Callable
@@ -50,6 +52,8 @@ class Ops:
     ssd: Callable
     ssd_state_update: Callable
     split_conv: Callable | None = None
+    mamba2_fused: Callable | None = None
+    gated_norm: Callable | None = None
 
 
 TORCH_OPS = Ops("torch", causal_conv1d, causal_conv1d_step, selective_scan, selective_state_update,
@@ -112,4 +116,5 @@ def _cuda_ops() -> Ops:
     from . import cuda_kernels
 
     return Ops("cuda", cuda_kernels.conv, cuda_kernels.conv_step, cuda_kernels.selective_scan,
-               cuda_kernels.selective_state_update, cuda_kernels.ssd, cuda_kernels.ssd_state_update)
+               cuda_kernels.selective_state_update, cuda_kernels.ssd, cuda_kernels.ssd_state_update,
+               mamba2_fused=cuda_kernels.mamba2_split_conv_scan, gated_norm=cuda_kernels.gated_rmsnorm)

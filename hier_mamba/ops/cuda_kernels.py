@@ -2,9 +2,19 @@
 
 Imported only by ``backend._cuda_ops`` once the kernels are known to import. Each adapter keeps the
 torch op's contract: states in, new states out, inputs not modified (the update kernels work in
-place, so they run on a copy). Where a kernel lacks a feature the adapter uses the torch op for
-that call: ``selective_scan_fn`` takes no initial state, and ``causal_conv1d_fn`` takes and returns
-states only in its channel-last layout, which needs channels % 8 == 0.
+place, so they run on a copy), outputs in the caller's dtype, autocast off inside (the kernels pick
+their own precision; the torch parts here compute in fp32).
+
+Beyond the torch ops' set, two fused paths mamba_ssm's own ``Mamba2`` trains through:
+- :func:`mamba2_split_conv_scan`: the whole Mamba2 mixer between in_proj and out_proj (split, conv,
+  SSD, gated RMSNorm) as ``mamba_split_conv1d_scan_combined``; it takes no conv state, so the mixer
+  uses it for sequences that start from zeros (training, prefill without a cache), when the conv
+  channels and width fit causal_conv1d (:func:`~hier_mamba.ops.kernel_limits.split_conv_scan_fits`);
+- :func:`gated_rmsnorm`: mamba_ssm's Triton RMSNorm (grouped, gate before the norm) for fp16 / bf16.
+Where a kernel lacks a feature the adapter completes it in torch: ``selective_scan_fn`` starts from
+zeros, so a Mamba1 scan with an initial state adds that state's decayed contribution to the
+zero-state kernel's outputs and final state (:func:`selective_scan`); ``causal_conv1d_fn`` takes and
+returns states only in its channel-last layout, which needs channels % 8 == 0 (else the torch conv).
 
 Kernel facts these adapters rely on (mamba-ssm 2.3.2, causal-conv1d 1.7.0; checked by
 tests/test_kernel_signatures.py and tests/test_triton_interpret.py):
@@ -20,19 +30,23 @@ import functools
 import warnings
 
 import torch
+import torch.nn.functional as F
 from causal_conv1d import causal_conv1d_fn, causal_conv1d_update
 from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 from mamba_ssm.ops.triton.selective_state_update import selective_state_update as _state_update_kernel
-from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+from mamba_ssm.ops.triton.layernorm_gated import rmsnorm_fn
+from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined, mamba_split_conv1d_scan_combined
 
-from .kernel_limits import CONV_CHANNEL_MULTIPLE
 from .conv import causal_conv1d as torch_conv
-from .selective_scan import selective_scan as torch_selective_scan
+from .kernel_limits import CONV_CHANNEL_MULTIPLE
+from .precision import fp32_op
+from .selective_scan import initial_state_contribution
 from .ssd import discretize_dt
 
 NO_DT_LIMIT = (0.0, float("inf"))
 
 
+@fp32_op
 def conv(x, weight, bias=None, initial_state=None, activation="silu"):
     """See ops.conv.causal_conv1d. x: (b, d, l) -> (y (b, d, l), state (b, d, w - 1))."""
     if x.shape[1] % CONV_CHANNEL_MULTIPLE:
@@ -46,6 +60,7 @@ def conv(x, weight, bias=None, initial_state=None, activation="silu"):
     return y, final_state
 
 
+@fp32_op
 def conv_step(x, state, weight, bias=None, activation="silu"):
     """See ops.conv.causal_conv1d_step. x: (b, d); state: (b, d, w - 1), returned in x's dtype."""
     new_state = state.to(x.dtype).clone()  # the kernel updates it in place and wants x's dtype
@@ -53,16 +68,22 @@ def conv_step(x, state, weight, bias=None, activation="silu"):
     return y, new_state
 
 
+@fp32_op
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True, initial_state=None):
-    """See ops.selective_scan.selective_scan. The kernel starts from zeros only."""
-    if initial_state is not None:
-        return torch_selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
+    """See ops.selective_scan.selective_scan. The kernel starts from zeros; an initial state h0 adds, by linearity,
+    y_t += (C_t . (exp(A cum_t) h0)) silu(z_t) and h_final += exp(A cum_l) h0, cum_t = sum_{s<=t} Delta_s, in torch."""
     y, last_state = selective_scan_fn(u, delta, A, B, C, D=None if D is None else D.float(), z=z,
                                       delta_bias=None if delta_bias is None else delta_bias.float(),
                                       delta_softplus=delta_softplus, return_last_state=True)
-    return y, last_state.float()
+    if initial_state is None:
+        return y, last_state.float()
+    carried, decayed_state = initial_state_contribution(delta, A, C, delta_bias, delta_softplus, initial_state)
+    if z is not None:
+        carried = carried * F.silu(z.float())
+    return (y.float() + carried).to(y.dtype), last_state.float() + decayed_state
 
 
+@fp32_op
 def selective_state_update(state, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True):
     """See ops.selective_scan.selective_state_update. state: (b, d, n); u, delta, z: (b, d)."""
     channels = u.shape[1]
@@ -72,6 +93,7 @@ def selective_state_update(state, u, delta, A, B, C, D=None, z=None, delta_bias=
     return y, new_state
 
 
+@fp32_op
 def ssd(x, dt, A, B, C, chunk_size, D=None, dt_bias=None, dt_softplus=True, dt_limit=NO_DT_LIMIT,
         initial_state=None):
     """See ops.ssd.ssd_chunked. x: (b, l, h, p) -> (y, state (b, h, p, n))."""
@@ -82,6 +104,7 @@ def ssd(x, dt, A, B, C, chunk_size, D=None, dt_bias=None, dt_softplus=True, dt_l
     return y, final_state.float()
 
 
+@fp32_op
 def ssd_state_update(state, x, dt, A, B, C, D=None, dt_bias=None, dt_softplus=True, dt_limit=NO_DT_LIMIT):
     """See ops.ssd.ssd_state_update, through the kernel's tied-head layout. state: (b, h, p, n)."""
     heads, head_dim = x.shape[1], x.shape[2]
@@ -95,6 +118,35 @@ def ssd_state_update(state, x, dt, A, B, C, D=None, dt_bias=None, dt_softplus=Tr
     new_state = state.float().clone()
     y = _state_update_kernel(new_state, x, dt_p, A_p, B, C, D=D_p, dt_bias=bias_p, dt_softplus=dt_softplus)
     return y, new_state
+
+
+@fp32_op
+def mamba2_split_conv_scan(projected, d_inner: int, conv_channels: int, conv_weight, conv_bias, dt_bias, A, D,
+                           chunk_size: int, dt_limit, norm_weight, norm_eps: float, head_dim: int, n_groups: int):
+    """Mamba2's mixer between in_proj and out_proj as one kernel call, from zero states.
+
+    projected: (b, l, d_inner + conv_channels + h), in_proj's output [z | x B C | dt]; conv_weight (c, w), conv_bias
+    (c,) or None; dt_bias, A, D: (h,); norm_weight (d_inner,): the gated RMSNorm of groups of d_inner / n_groups
+    channels, gate before the norm. Returns the normed y (b, l, d_inner) in projected's dtype, the final conv state
+    (b, c, w - 1) (the last w - 1 conv inputs, taken here: the kernel returns none) and the final SSM state
+    (b, h, p, n) in fp32."""
+    width = conv_weight.shape[-1]
+    y, final_state = mamba_split_conv1d_scan_combined(
+        projected, conv_weight, conv_bias, dt_bias.float(), A.float(), D.float(), chunk_size,
+        dt_limit=tuple(dt_limit), return_final_states=True, activation="silu", rmsnorm_weight=norm_weight,
+        rmsnorm_eps=norm_eps, headdim=head_dim, ngroups=n_groups, norm_before_gate=False,
+    )
+    conv_inputs = projected[..., d_inner:d_inner + conv_channels].transpose(1, 2)  # (b, c, l)
+    if conv_inputs.shape[-1] < width - 1:  # a sequence shorter than the window: zeros before it
+        conv_inputs = F.pad(conv_inputs, (width - 1 - conv_inputs.shape[-1], 0))
+    conv_state = conv_inputs[..., conv_inputs.shape[-1] - (width - 1):].contiguous()  # (b, c, w - 1)
+    return y, conv_state, final_state.float()
+
+
+def gated_rmsnorm(x, gate, weight, eps: float, group_size: int):
+    """hier_mamba.norms.RMSNorm (x * silu(gate), normed per group, times weight) on mamba_ssm's Triton kernel.
+    x, gate: (..., d) in fp16 / bf16; weight (d,). Returns (..., d) in x's dtype."""
+    return rmsnorm_fn(x, weight, None, z=gate, eps=eps, group_size=group_size, norm_before_gate=False)
 
 
 def _fp32_or_zeros(t: torch.Tensor | None, size: int, device: torch.device) -> torch.Tensor:

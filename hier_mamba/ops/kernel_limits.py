@@ -10,3 +10,9 @@ CONV_CHANNEL_MULTIPLE = 8
 
 CONV_WIDTHS = (2, 3, 4)
 """Conv widths causal_conv1d's kernels are compiled for."""
+
+
+def split_conv_scan_fits(conv_channels: int, conv_width: int) -> bool:
+    """Whether mamba_ssm's fused Mamba2 op (``mamba_split_conv1d_scan_combined``) takes a mixer: its conv runs
+    causal_conv1d's channel-last kernel over the projection's (x, B, C) columns."""
+    return conv_channels % CONV_CHANNEL_MULTIPLE == 0 and conv_width in CONV_WIDTHS

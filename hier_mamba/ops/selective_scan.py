@@ -183,6 +183,23 @@ def selective_state_update(
     return _skip_and_gate(y, u, D, z).to(dtype), new_state
 
 
+@fp32_op
+def initial_state_contribution(delta, A, C, delta_bias, delta_softplus: bool, initial_state,
+                               block: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """What an initial state h0 (b, d, n) adds to a selective scan that starts from zeros: its read-out
+    C_t . (exp(A cum_t) * h0) (b, d, l), before any gate, and exp(A cum_l) * h0 (b, d, n), cum_t = sum_{s<=t} Delta_s
+    (Delta after bias and softplus). fp32; ``block`` steps at a time, so the (b, d, n, T) decays stay small."""
+    dt = _softplus_dt(delta.float(), delta_bias, delta_softplus)  # (b, d, l)
+    cum = dt.double().cumsum(-1).float()  # (b, d, l); summed in float64, as SSD's log-decays
+    A, h0, C = A.float(), initial_state.float(), C.float()
+    pieces = []
+    for start in range(0, cum.shape[-1], block):
+        decay = torch.exp(A[None, :, :, None] * cum[:, :, None, start:start + block])  # (b, d, n, T)
+        pieces.append(torch.einsum("bdnt,bdn,bnt->bdt", decay, h0, C[..., start:start + block]))
+    final = torch.exp(A[None] * cum[:, :, -1:]) * h0  # (b, d, n)
+    return torch.cat(pieces, dim=-1), final
+
+
 def _softplus_dt(delta: torch.Tensor, delta_bias: torch.Tensor | None, softplus: bool) -> torch.Tensor:
     if delta_bias is not None:
         bias = delta_bias.float()
