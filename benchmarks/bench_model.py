@@ -173,11 +173,11 @@ def bench_model(args, device) -> dict:
 def part_timings(kind: str, batch: int, length: int, reps: int, device) -> dict:
     """ms of forward + backward of each part of one of our blocks at the model's sizes (best of ``reps``), and of
     the whole block; "rest" = block - parts (splits, reshapes, residual, gradient accumulation)."""
-    from hier_mamba.blocks import Block
+    from hier_mamba.blocks import HierMambaBlock
     from hier_mamba.ops import get_ops
 
     config = models_config(kind)
-    block = Block(config).to(device)
+    block = HierMambaBlock(config).to(device)
     mixer, ops = block.mixer, get_ops("torch", device)
     A = -torch.exp(mixer.A_log.detach().float())
 

@@ -1,6 +1,6 @@
 """Pre-norm residual Mamba blocks and the stacks (H and L modules) built from them.
 
-A :class:`Block` is a ``GradientCheckpointingLayer``: ``model.gradient_checkpointing_enable()`` or
+A :class:`HierMambaBlock` is a ``GradientCheckpointingLayer``: ``model.gradient_checkpointing_enable()`` or
 ``TrainingArguments(gradient_checkpointing=True)`` recomputes each block in backward (depth-wise
 checkpointing), independent of the cycle-wise setting ``checkpoint_cycles``.
 """
@@ -19,7 +19,7 @@ from .mixers import MIXER_CLASSES, MixerState
 from .norms import RMSNorm
 
 
-class Block(GradientCheckpointingLayer):
+class HierMambaBlock(GradientCheckpointingLayer):
     """x + mixer(norm(x)); with ``bidirectional`` also + reverse_mixer over the time-reversed sequence;
     with ``grid_scan_orders`` beyond "row", also + both scans of each further grid order (grid.py),
     each run on the permuted sequence and its output permuted back.
@@ -109,7 +109,7 @@ def _reverse_scan(mixer: nn.Module, x: torch.Tensor, attention_mask: torch.Tenso
     return mixer(x.flip(1), None, mask)[0].flip(1)
 
 
-class Stack(nn.Module):
+class HierMambaStack(nn.Module):
     """``num_layers`` blocks and a final RMSNorm: one H or L module of HRM.
 
     The final norm keeps the H/L states at unit scale however many cycles add into them (HRM's
@@ -119,7 +119,7 @@ class Stack(nn.Module):
 
     def __init__(self, config: HierMambaConfig, num_layers: int, final_norm: bool = True):
         super().__init__()
-        self.layers = nn.ModuleList([Block(config) for _ in range(num_layers)])
+        self.layers = nn.ModuleList([HierMambaBlock(config) for _ in range(num_layers)])
         self.norm_f = RMSNorm(config.hidden_size, eps=config.rms_norm_eps) if final_norm else None
 
     def forward(

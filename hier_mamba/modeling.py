@@ -114,7 +114,7 @@ class HierMambaPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     _input_embed_layer = "embeddings"  # transformers' get/set_input_embeddings find model.embeddings
     supports_gradient_checkpointing = True
-    _no_split_modules = ["Block"]
+    _no_split_modules = ["HierMambaBlock"]
     _is_stateful = True
     # from_pretrained(dtype=bf16 / fp16) loads the parameters these regexes find in fp32 (FP32_PARAMETER_PATTERNS)
     _keep_in_fp32_modules_strict = list(FP32_PARAMETER_PATTERNS)

@@ -186,7 +186,8 @@ class HierMambaForTokenClassification(HierMambaPreTrainedModel):
             raise MissingLabelsError(
                 "HierMambaForTokenClassification trains with deep supervision, whose loss needs labels in the "
                 "forward; got none (transformers' Trainer removes them when label_smoothing_factor > 0 or "
-                "compute_loss_func is set: leave both unset for this head)")
+                "compute_loss_func is set: leave both unset for this head; for predictions, call model.eval() or "
+                "run under torch.no_grad())")
         if self.training and labels is not None and self.config.act_training == "one_segment":
             if num_segments is not None or return_all_segments:
                 raise ValueError("num_segments and return_all_segments apply when all segments run in one forward "

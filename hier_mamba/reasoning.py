@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .blocks import Stack
+from .blocks import HierMambaStack
 from .configuration import HierMambaConfig
 from .memory import HMemoryAttention
 from .mixers import MixerState
@@ -79,8 +79,8 @@ class HierarchicalReasoner(nn.Module):
         super().__init__()
         self.config = config
         self.looped = config.architecture == "looped"
-        self.L = Stack(config, config.L_layers, final_norm=config.L_final_norm)
-        self.H = None if self.looped else Stack(config, config.H_layers)
+        self.L = HierMambaStack(config, config.L_layers, final_norm=config.L_final_norm)
+        self.H = None if self.looped else HierMambaStack(config, config.H_layers)
         self.memory = (HMemoryAttention(config.hidden_size, config.h_memory_heads, config.rms_norm_eps)
                        if config.h_memory_size else None)
         # HRM's fixed initial states: one unit-scale vector per module, broadcast over positions. Frozen
@@ -197,7 +197,7 @@ class HierarchicalReasoner(nn.Module):
             states_out.append(final_states)
         return self._update(index, carry, output)
 
-    def _route(self, index: int, carry: Carry, x: torch.Tensor) -> tuple[Stack, torch.Tensor]:
+    def _route(self, index: int, carry: Carry, x: torch.Tensor) -> tuple[HierMambaStack, torch.Tensor]:
         """The stack of invocation ``index`` and its injected input: L(z_L + z_H + x), H(z_H + z_L), looped L(z + x)."""
         if self.looped:
             stack, terms = self.L, (carry.z_L, x)

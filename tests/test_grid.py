@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hier_mamba import HierMambaConfig, HierMambaForTokenClassification
-from hier_mamba.blocks import Block
+from hier_mamba.blocks import HierMambaBlock
 from hier_mamba.grid import inverse_order, scan_order
 
 BASE = dict(vocab_size=11, hidden_size=32, H_layers=1, L_layers=1, H_cycles=1, L_cycles=1, state_size=8,
@@ -25,8 +25,8 @@ def test_orders_are_permutations_with_exact_inverses():
 
 def test_row_only_grid_block_equals_the_bidirectional_block():
     torch.manual_seed(0)
-    plain = Block(HierMambaConfig(**BASE))
-    grid = Block(HierMambaConfig(**BASE, **SUDOKU, grid_scan_orders=("row",)))
+    plain = HierMambaBlock(HierMambaConfig(**BASE))
+    grid = HierMambaBlock(HierMambaConfig(**BASE, **SUDOKU, grid_scan_orders=("row",)))
     grid.load_state_dict(plain.state_dict())  # same parameter names: nothing extra
     x = torch.randn(2, 81, 32)
     expected = x + plain.mixer(plain.norm(x))[0] + plain.reverse_mixer(plain.norm(x).flip(1))[0].flip(1)
@@ -37,7 +37,7 @@ def test_row_only_grid_block_equals_the_bidirectional_block():
 def test_column_order_scans_the_transposed_grid():
     """With the row scans silenced, the block is x + both scans over the grid read column by column."""
     torch.manual_seed(0)
-    block = Block(HierMambaConfig(**BASE, grid_shape=(3, 5), grid_scan_orders=("row", "col")))
+    block = HierMambaBlock(HierMambaConfig(**BASE, grid_shape=(3, 5), grid_scan_orders=("row", "col")))
     with torch.no_grad():
         block.mixer.out_proj.weight.zero_()
         block.reverse_mixer.out_proj.weight.zero_()
@@ -75,7 +75,7 @@ def test_grid_config_is_validated_and_saved(tmp_path):
     config.save_pretrained(tmp_path)
     reloaded = HierMambaConfig.from_pretrained(tmp_path)
     assert (reloaded.grid_shape, reloaded.box_shape, reloaded.grid_scan_orders) == ((9, 9), (3, 3), ("row", "box"))
-    model = HierMambaForTokenClassification(config)
+    model = HierMambaForTokenClassification(config).eval()
     with pytest.raises(ValueError, match="81 cells, got length 80"):
         model(torch.ones(1, 80, dtype=torch.long))
 

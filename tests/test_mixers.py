@@ -7,7 +7,7 @@ from transformers.models.mamba.modeling_mamba import MambaMixer as HFMambaMixer
 from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer as HFMamba2Mixer
 
 from hier_mamba import HierMambaConfig
-from hier_mamba.blocks import Block
+from hier_mamba.blocks import HierMambaBlock
 from hier_mamba.mixers import Mamba1Mixer, Mamba2Mixer
 
 
@@ -95,7 +95,7 @@ def test_left_padding_is_invisible(name):
 
 def test_bidirectional_block_sees_the_future_and_refuses_steps():
     config = tiny_config("mamba2", bidirectional=True)
-    block = Block(config)
+    block = HierMambaBlock(config)
     randomize_(block, seed=3)
     x = torch.randn(1, 10, 32)
     x2 = x.clone()

@@ -93,7 +93,7 @@ def test_decoding_runs_the_hooks_of_blocks_mixers_and_the_reasoner():
     with torch.no_grad():
         cache = model(torch.randint(1, 40, (1, 5)), use_cache=True).cache
     called = []
-    kinds = ("Block", "Mamba2Mixer", "HierarchicalReasoner")
+    kinds = ("HierMambaBlock", "Mamba2Mixer", "HierarchicalReasoner")
     handles = [m.register_forward_pre_hook(lambda module, args, kwargs: called.append(type(module).__name__),
                                            with_kwargs=True)
                for m in model.modules() if type(m).__name__ in kinds]
@@ -102,7 +102,7 @@ def test_decoding_runs_the_hooks_of_blocks_mixers_and_the_reasoner():
     for handle in handles:
         handle.remove()
     layers = model.config.num_hidden_layers
-    assert called.count("Block") == layers and called.count("Mamba2Mixer") == layers
+    assert called.count("HierMambaBlock") == layers and called.count("Mamba2Mixer") == layers
     assert called.count("HierarchicalReasoner") == 1
 
 
@@ -113,14 +113,14 @@ def test_fsdp2_fully_shard_trains_and_generates(tmp_path):
         pytest.skip("torch.distributed with gloo is not available")
     from torch.distributed.fsdp import fully_shard
 
-    from hier_mamba.blocks import Block
+    from hier_mamba.blocks import HierMambaBlock
 
     reference = model_for("mamba2")
     model = model_for("mamba2")
     distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
         for module in model.modules():
-            if isinstance(module, Block):
+            if isinstance(module, HierMambaBlock):
                 fully_shard(module)
         fully_shard(model)
         ids = torch.randint(1, 40, (2, 7))

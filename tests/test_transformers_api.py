@@ -140,3 +140,16 @@ def test_trainer_predictions_are_the_logits_without_the_hidden_state(tmp_path):
     # only the logits of all 4 rows: no (b, l, d) z_H and no cache piled up next to them
     assert not isinstance(predictions, tuple)
     assert predictions.shape == (4, 6, 50)
+
+
+def test_the_shard_unit_is_named_for_this_package_and_the_fsdp_config_wraps_it():
+    from pathlib import Path
+
+    import yaml
+
+    model = model_for(tiny())
+    classes = {type(module).__name__ for module in model.modules()}
+    assert set(model._no_split_modules) == {"HierMambaBlock"} and "HierMambaBlock" in classes
+    assert "HierMambaStack" in classes and not {"Block", "Stack"} & classes  # no generic names in composite models
+    fsdp = yaml.safe_load((Path(__file__).parents[1] / "configs" / "accelerate_fsdp2.yaml").read_text())
+    assert fsdp["fsdp_config"]["fsdp_transformer_layer_cls_to_wrap"] == "HierMambaBlock"
