@@ -48,6 +48,7 @@ class MixerStateLayer(LinearAttentionCacheLayerMixin):
             self.set_state(MixerState(*(row_major(t) for t in state)))
 
     def set_state(self, state: MixerState) -> None:
+        """Hold ``state`` (its tensors, not copies) and mark the slot as holding one."""
         self.lazy_initialization(state.conv, state.ssm)
 
     @property
@@ -55,6 +56,7 @@ class MixerStateLayer(LinearAttentionCacheLayerMixin):
         return MixerState(self.conv_states[0], self.recurrent_states[0])
 
     def lazy_initialization(self, conv_states=None, recurrent_states=None, state_idx: int = 0, **kwargs) -> None:
+        """Take the given tensors as the slot's states (transformers' layers allocate zeros here; ours are given)."""
         if conv_states is not None:
             self.conv_states[state_idx] = conv_states
             self.conv_kernel_size[state_idx] = conv_states.shape[-1]
@@ -85,6 +87,7 @@ class MixerStateLayer(LinearAttentionCacheLayerMixin):
         return False  # states are replaced, not updated in place: no static addresses for cudagraphs
 
     def crop(self, tokens_to_remove: int) -> None:
+        """Not supported (``is_croppable`` is False): no history of past states is kept."""
         raise NotImplementedError("a recurrent state cannot drop tokens it has absorbed "
                                   "(HierMambaCache is not croppable)")
 

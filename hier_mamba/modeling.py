@@ -157,6 +157,7 @@ class HierMambaPreTrainedModel(PreTrainedModel):
                 init.zeros_(module.bias)
 
     def _init_mixer(self, mixer: nn.Module) -> None:
+        """mamba_ssm's init of one Mamba1/Mamba2 mixer (see _init_weights); weights from a checkpoint are kept."""
         config = self.config
         if isinstance(mixer, Mamba2Mixer):
             init.copy_(mixer.A_log, torch.log(torch.arange(1, mixer.heads + 1, dtype=torch.float32)))
@@ -260,6 +261,7 @@ class HierMambaModel(HierMambaPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
     def _embed(self, input_ids, inputs_embeds) -> torch.Tensor:
+        """The input embedding (b, l, d) of exactly one of input_ids (b, l) and inputs_embeds, validated."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         if inputs_embeds is not None:

@@ -325,6 +325,7 @@ class HierMambaForTokenClassification(HierMambaPreTrainedModel):
 
     # validation -------------------------------------------------------------------------------
     def _max_steps(self, num_segments: int | None) -> int:
+        """The most segments this forward may run: ``num_segments`` (validated) or ``config.halt_max_steps``."""
         if num_segments is None:
             return self.config.halt_max_steps
         if not isinstance(num_segments, int) or isinstance(num_segments, bool) or num_segments < 1:
@@ -332,6 +333,7 @@ class HierMambaForTokenClassification(HierMambaPreTrainedModel):
         return num_segments
 
     def _check_inputs(self, input_ids, labels, attention_mask) -> None:
+        """Raise ValueError naming the first bad input: shapes (b, l), ids in the vocabulary, length vs positions."""
         if input_ids is None or input_ids.dim() != 2:
             shape = None if input_ids is None else tuple(input_ids.shape)
             raise ValueError(f"input_ids must be a (batch, length) tensor, got shape {shape}")
