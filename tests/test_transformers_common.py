@@ -7,7 +7,7 @@ Without that folder (or with HIER_MAMBA_TRANSFORMERS_TESTS pointing nowhere) thi
 the ones transformers' Mamba2 test file makes, or name their reason. Run next to transformers' own Mamba2 test
 file (same commit), the one test this model skips but Mamba2 passes is test_bc_cache_name_forward (it only runs
 when the returned cache is exactly a DynamicCache, for the renamed cache argument; this model returns its
-HierMambaCache, a DynamicCache subclass). The static-cache and fullgraph-compiled generate tests run
+HierMambaCache, a Cache of linear-attention slots). The static-cache and fullgraph-compiled generate tests run
 (``_can_compile_fullgraph = True``: generation with cache_implementation="static" keeps the states in transformers'
 StaticCache, written in place; hier_mamba/cache_access.py); the compiled ones build inductor graphs: 9-18 s each
 on this project's 2-core CPU with an empty inductor cache, about a second with a warm one.
