@@ -124,8 +124,13 @@ class HierMambaPreTrainedModel(PreTrainedModel):
         super().__init__(config, *args, **kwargs)
 
     def post_init(self) -> None:
-        """transformers' post_init, then only the fp32 patterns that find a parameter here (mamba1 has no dt_bias,
-        mamba2 no dt_proj)."""
+        """Mamba1's dt bias made fp32 whatever the default dtype it was built under (nn.Linear makes its bias in
+        that dtype; transformers expects every fp32-kept parameter to be created fp32, so that a model built under
+        a low default dtype, as from_pretrained(dtype=...) builds it, keeps it), transformers' post_init, then only
+        the fp32 patterns that find a parameter here (mamba1 has no dt_bias, mamba2 no dt_proj)."""
+        for module in self.modules():
+            if isinstance(module, Mamba1Mixer) and module.dt_proj.bias.dtype != torch.float32:
+                module.dt_proj.bias = nn.Parameter(module.dt_proj.bias.detach().float())  # (d_inner,)
         super().post_init()
         names = [name for name, _ in self.named_parameters()]
         self._keep_in_fp32_modules_strict = {pattern for pattern in self._keep_in_fp32_modules_strict

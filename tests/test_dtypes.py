@@ -98,3 +98,15 @@ def test_bf16_autocast_training_stays_finite():
     assert all(torch.isfinite(torch.tensor(losses)))
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert losses[-1] < 0.5 * losses[0], "the memorisation loss fell"
+
+
+@pytest.mark.parametrize("mixer", ["mamba1", "mamba2"])
+def test_a_model_built_under_a_low_default_dtype_creates_its_fp32_parameters_in_fp32(mixer):
+    """transformers' contract for _keep_in_fp32_modules_strict (its common test builds the model under fp16)."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float16)
+    try:
+        model = HierMambaForCausalLM(tiny(mixer))
+    finally:
+        torch.set_default_dtype(default)
+    _assert_mixed(model, torch.float16)
