@@ -29,6 +29,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from .act import log_stablemax
 from .data import sudoku
 
 HALT_RULES = ("q", "fixed")
@@ -129,8 +130,18 @@ def _one_pass(model, input_ids: torch.Tensor, max_segments: int, halt: str):
         wants[-1] = True  # the last segment always answers
         chosen = wants.int().argmax(0)  # (b,) first segment that halts
     batch = torch.arange(input_ids.shape[0], device=input_ids.device)
-    probabilities = logits[chosen, batch].softmax(-1)  # (b, l, vocab)
-    return probabilities, q[chosen, batch, 0], chosen + 1
+    return cell_probabilities(logits[chosen, batch], model.config.loss_type), q[chosen, batch, 0], chosen + 1
+
+
+def cell_probabilities(logits: torch.Tensor, loss_type: str) -> torch.Tensor:
+    """The distribution the model was trained to output: stablemax or softmax of logits (..., vocab).
+
+    A stablemax-trained model's softmax is far sharper than its stablemax and makes confidence useless
+    for committing (measured on a hard-Sudoku checkpoint: most blanks at softmax p > 0.999, 63 % of them right).
+    """
+    if loss_type == "stablemax":
+        return log_stablemax(logits.double()).exp().to(logits.dtype)
+    return logits.softmax(-1)
 
 
 def _with_copies(model, input_ids, symmetries: list[Symmetry], max_segments: int, halt: str, select: str):

@@ -8,7 +8,7 @@ import torch
 
 from hier_mamba import HierMambaConfig, HierMambaForTokenClassification
 from hier_mamba.data import maze, sudoku
-from hier_mamba.solving import _commit, dihedral_symmetry, draw_symmetries, solve, sudoku_symmetry
+from hier_mamba.solving import _commit, cell_probabilities, dihedral_symmetry, draw_symmetries, solve, sudoku_symmetry
 
 
 def sudoku_model(seed=0, **overrides) -> HierMambaForTokenClassification:
@@ -165,3 +165,16 @@ def test_the_model_method_is_solve():
     result = model.solve(inputs, max_segments=3, halt="fixed", copies=2, seed=4)
     assert torch.equal(result.probabilities, expected.probabilities)
     assert torch.equal(result.segments, expected.segments)
+
+
+def test_probabilities_follow_the_training_loss():
+    logits = torch.tensor([[2.0, -1.0, 0.0]])
+    stable = cell_probabilities(logits, "stablemax")  # s = (3, 1/2, 1) / 4.5
+    assert torch.allclose(stable, torch.tensor([[3 / 4.5, 0.5 / 4.5, 1 / 4.5]]))
+    assert torch.allclose(cell_probabilities(logits, "softmax"), logits.softmax(-1))
+    model = sudoku_model(loss_type="stablemax")
+    inputs, _ = puzzles(1)
+    with torch.no_grad():
+        last = model(input_ids=inputs, num_segments=2).logits
+    assert torch.allclose(solve(model, inputs, max_segments=2, halt="fixed").probabilities,
+                          cell_probabilities(last, "stablemax"))
