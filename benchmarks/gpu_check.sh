@@ -5,7 +5,7 @@
 #   benchmarks/gpu_check.sh CARRY_DIR OUT_DIR [ARCH]
 #
 # CARRY_DIR holds wheels/*.whl (installed with --no-deps into /tmp/site, ahead of the machine's own packages: e.g.
-# transformers 5.25) and sdists/ (causal_conv1d-*.tar.gz, mamba_ssm-*.tar.gz; scripts/build_cuda_kernels.sh says
+# transformers 5.24, pytest) and sdists/ (causal_conv1d-*.tar.gz, mamba_ssm-*.tar.gz; scripts/build_cuda_kernels.sh says
 # how to fetch them). ARCH defaults to 90 (H100/H200). Steps, each under its own time limit, none stopping the next;
 # all output goes to OUT_DIR/log, results to OUT_DIR/*.json:
 #   1. environment (GPU, nvcc, torch, triton, transformers);
