@@ -255,7 +255,8 @@ def main() -> None:
     peers = import_peers(kernels)
     best = "cuda" if kernels else "triton"  # the most informative first: a budget may cut the tail
     main_variants = [f"hier_mamba[{best}, 1x1]", "transformers Mamba2", "mamba_ssm MambaLMHeadModel"]
-    extra_variants = [f"hier_mamba[{best}, 2x2]", "hier_mamba[torch, 1x1]"] + (["hier_mamba[triton, 1x1]"] if kernels else [])
+    extra_variants = [f"hier_mamba[{best}, 2x2]", "hier_mamba[torch, 1x1]"]
+    extra_variants += ["hier_mamba[triton, 1x1]"] if kernels else []
     # the most informative first, as a budget may cut the tail: the comparison in every dtype, then the others
     runs = ([(variant, dtype) for dtype in args.dtypes for variant in args.variants] if args.variants else
             [(variant, dtype) for dtype in args.dtypes for variant in main_variants]
@@ -277,7 +278,8 @@ def main() -> None:
         print(f"{name}: {results['models'][name]}", flush=True)
         if args.json:
             args.json.write_text(json.dumps(results, indent=1))
-    print("| model | path | params | train tok/s | decode ms/token (method) | weight bytes/token | BW fraction eager (copy / datasheet) |")
+    print("| model | path | params | train tok/s | decode ms/token (method) | weight bytes/token "
+          "| BW fraction eager (copy / datasheet) |")
     print("|---|---|---|---|---|---|---|")
     for name, r in results["models"].items():
         if "train_tok_s" in r:

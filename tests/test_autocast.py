@@ -97,7 +97,8 @@ def _check(op, low_args: dict, dtype, out_dtypes, grad_tol: float = 0.0):
 def _ssd_inputs(dtype, length=96, steep=False):
     torch.manual_seed(3)
     b, h, p, g, n = 2, 4, 8, 2, 8
-    return dict(x=_low(torch.randn(b, length, h, p), dtype), dt=_low(torch.randn(b, length, h) + (4 if steep else 0), dtype),
+    shift = 4 if steep else 0
+    return dict(x=_low(torch.randn(b, length, h, p), dtype), dt=_low(torch.randn(b, length, h) + shift, dtype),
                 A=-torch.rand(h) * (20 if steep else 1) - 0.5, B=_low(torch.randn(b, length, g, n), dtype),
                 C=_low(torch.randn(b, length, g, n), dtype), D=torch.randn(h), dt_bias=torch.randn(h),
                 initial_state=torch.randn(b, h, p, n))
@@ -124,7 +125,8 @@ def test_ssd_reference_and_step_compute_in_fp32_under_autocast(one_thread, dtype
 def _scan_inputs(dtype, length=80, steep=False):
     torch.manual_seed(4)
     b, d, n = 2, 6, 4
-    return dict(u=_low(torch.randn(b, d, length), dtype), delta=_low(torch.randn(b, d, length) + (4 if steep else 0), dtype),
+    shift = 4 if steep else 0
+    return dict(u=_low(torch.randn(b, d, length), dtype), delta=_low(torch.randn(b, d, length) + shift, dtype),
                 A=-torch.rand(d, n) * (50 if steep else 1) - 0.5, B=_low(torch.randn(b, n, length), dtype),
                 C=_low(torch.randn(b, n, length), dtype), D=torch.randn(d), z=_low(torch.randn(b, d, length), dtype),
                 delta_bias=torch.randn(d), initial_state=torch.randn(b, d, n))

@@ -298,7 +298,8 @@ def test_zero_state_scan_plus_initial_state_contribution_equals_the_scan_from_th
     u, delta, z = (torch.randn(b, d, l, requires_grad=True) for _ in range(3))
     A = (-torch.rand(d, n) * 3 - 0.1).requires_grad_()
     B, C = (torch.randn(b, n, l, requires_grad=True) for _ in range(2))
-    D, bias, h0 = torch.randn(d, requires_grad=True), torch.randn(d, requires_grad=True), torch.randn(b, d, n, requires_grad=True)
+    D, bias = torch.randn(d, requires_grad=True), torch.randn(d, requires_grad=True)
+    h0 = torch.randn(b, d, n, requires_grad=True)
     gate = z if gated else None
     y, final = selective_scan(u, delta, A, B, C, D, gate, bias, True)
     carried, decayed = initial_state_contribution(delta, A, C, bias, True, h0, block=7)
