@@ -344,7 +344,7 @@ def test_split_rejects_symmetric_duplicates(monkeypatch):
     calls = iter([base[0], base[1], maze_mod.Maze(dihedral(base[0].inputs, 5), dihedral(base[0].labels, 5),
                                                   base[0].start, base[0].goal, base[0].path_length),
                   base[2]] + generate_mazes(5, size=9, seed=1))
-    monkeypatch.setattr(maze_mod, "generate_maze", lambda size, rng, loop_fraction: next(calls))
+    monkeypatch.setattr(maze_mod, "generate_maze", lambda size, rng, loop_fraction, min_path_length=0: next(calls))
     train, test = build_maze_splits(2, 2, size=9, seed=0)
     test_keys = {canonical_key(test.inputs[i].numpy().reshape(9, 9)) for i in range(2)}
     train_keys = {canonical_key(train.inputs[i].numpy().reshape(9, 9)) for i in range(2)}
