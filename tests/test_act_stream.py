@@ -406,3 +406,28 @@ def test_streams_of_two_devices_do_not_mix():
         assert model(a, labels=a_labels).steps.tolist() == [step] * 4
         assert on_gpu(b.cuda(), labels=b_labels.cuda()).steps.tolist() == [step] * 2
     assert torch.equal(model.act_stream.states[torch.device("cpu")].input_ids, a)
+
+
+def test_the_stream_needs_only_the_segment_interface_of_the_model():
+    """act_stream talks to the model through SegmentModel (config, embed_inputs, initial_carry, run_segment):
+    an object with only those runs it, and act_stream does not import the model's module."""
+    import ast
+    from pathlib import Path
+
+    from hier_mamba.act_stream import ACTStream
+
+    model = tiny_model(halt_max_steps=4)
+
+    class OnlyTheInterface:
+        config = model.config
+        embed_inputs = staticmethod(model.embed_inputs)
+        initial_carry = staticmethod(model.initial_carry)
+        run_segment = staticmethod(model.run_segment)
+
+    stream = ACTStream()
+    input_ids, labels = make_batches(1)[0]
+    for step in (1, 2):
+        assert stream.step(OnlyTheInterface(), input_ids, labels, None).state.steps.tolist() == [step] * 4
+    source = Path(__file__).parents[1] / "hier_mamba" / "act_stream.py"
+    imported = {node.module for node in ast.walk(ast.parse(source.read_text())) if isinstance(node, ast.ImportFrom)}
+    assert not any("modeling" in (name or "") for name in imported), imported
