@@ -34,21 +34,25 @@ class HierMambaGenerationMixin(GenerationMixin):
         return None
 
     def _prefill(self, input_ids: torch.LongTensor, generation_config, model_kwargs: dict, *args, **kwargs):
-        """transformers' prefill, except a chunked one (``prefill_chunk_size``) of token ids: the tokens the cache
-        has not absorbed, fed ``prefill_chunk_size`` at a time, each chunk continuing the states of the last.
+        """The prefill of token ids into a cache: the tokens it has not absorbed, in one forward or, with
+        ``prefill_chunk_size``, that many at a time, each chunk continuing the states of the last. Without a cache
+        (a first generation) and from embeddings: transformers' prefill.
 
-        (transformers' own chunk loop hands each chunk to ``prepare_inputs_for_generation`` without saying it is
-        one, and a cache of linear-attention layers gets no count of what is new; here each chunk says its length.)
-        Returns the last chunk's output, whose logits pick the first new token.
+        What is new is the sequence length (the attention mask's width, which covers the absorbed tokens too, or
+        ``input_ids``' length) minus the tokens the cache absorbed, so the input may be the whole sequence or only
+        its new tokens, as transformers' generate allows. (transformers' own prefill gives a cache of
+        linear-attention layers no count of what is new, and its chunk loop does not say a chunk is one.)
+        Returns the last forward's output, whose logits pick the first new token.
         """
-        chunk_size = generation_config.prefill_chunk_size
         cache = model_kwargs.get("cache")
-        if chunk_size is None or cache is None or model_kwargs.get("inputs_embeds") is not None:
+        if cache is None or model_kwargs.get("inputs_embeds") is not None:
             return super()._prefill(input_ids, generation_config, model_kwargs, *args, **kwargs)
-        mask = model_kwargs.get("attention_mask")  # (b, seen + new) or None
-        full = input_ids.shape[1] if mask is None else mask.shape[1]  # the sequence length after the prefill
+        mask = model_kwargs.get("attention_mask")  # (b, seen + new) or None (generate drops an all-ones mask)
+        full = mask.shape[1] if mask is not None else getattr(generation_config, "_mask_length", -1)
+        full = full if full > 0 else input_ids.shape[1]  # the sequence length after the prefill
         seen = self._tokens_absorbed(cache, None, from_embeds=False)
         new = min(max(full - seen, 1), input_ids.shape[1])
+        chunk_size = generation_config.prefill_chunk_size or new
         others = {key: value for key, value in model_kwargs.items() if key not in ("cache", "attention_mask")}
         outputs = None
         for start in range(0, new, chunk_size):

@@ -159,3 +159,29 @@ def test_an_empty_cache_is_filled_by_the_first_forward():
         rest = model(ids[:, 4:], cache=empty).logits
     torch.testing.assert_close(torch.cat([first, rest], dim=1), full, rtol=1e-4, atol=1e-5)
     assert empty.get_seq_length() == 9
+
+
+@pytest.mark.parametrize("implementation", [None, "static"])
+def test_a_continuation_may_pass_only_the_new_tokens_with_the_full_mask(implementation):
+    """transformers' contract for a restart from a cache: input_ids are the whole sequence, or only its new tokens
+    with an attention mask that covers the whole sequence; either way each token is fed once."""
+    model = model_for("mamba2")
+    prompt, extra = torch.randint(1, 50, (2, 6)), torch.randint(1, 50, (2, 3))
+    first = model.generate(prompt, max_new_tokens=4, do_sample=False, pad_token_id=0, return_dict_in_generate=True,
+                           cache_implementation=implementation)
+    if not hasattr(first.cache, "seen_tokens") and not hasattr(first.cache.layers[0], "cumulative_length_linear"):
+        pytest.skip("this transformers release's linear-attention layers keep no token count")
+    sequence = torch.cat([first.sequences, extra], dim=1)  # 6 + 4 generated + 3 of the user's
+    whole = model.generate(sequence, max_new_tokens=4, do_sample=False, pad_token_id=0,
+                           return_dict_in_generate=True, output_scores=True)
+    fed = []
+    model.model.register_forward_pre_hook(lambda module, args, kwargs: fed.append(
+        (kwargs.get("input_ids") if kwargs.get("input_ids") is not None else args[0]).shape[1]), with_kwargs=True)
+    seen = int(first.cache.get_seq_length())  # 9: the last generated token was not fed yet
+    rest = model.generate(sequence[:, seen:], attention_mask=torch.ones_like(sequence), cache=first.cache,
+                          max_new_tokens=4, do_sample=False, pad_token_id=0, return_dict_in_generate=True,
+                          output_scores=True)
+    assert fed == [13 - seen, 1, 1, 1]
+    assert torch.equal(rest.sequences[:, -4:], whole.sequences[:, -4:])
+    for score, expected in zip(rest.scores, whole.scores):
+        torch.testing.assert_close(score, expected, rtol=1e-4, atol=1e-5)
