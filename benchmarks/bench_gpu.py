@@ -42,9 +42,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing
-from hier_mamba import HierMambaConfig, HierMambaForCausalLM  # noqa: E402
+from harness import table, timed  # benchmarks/, beside this file (it also puts the checkout on sys.path)
+from hier_mamba import HierMambaConfig, HierMambaForCausalLM
 
 DEVICE = torch.device("cuda")  # --device cpu only to dry-run this script's code paths
 
@@ -88,13 +87,8 @@ def triton_backend():
 
 
 def sync_time(fn) -> float:
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+    """Seconds of one call of fn on DEVICE, synchronized before and after (harness.timed)."""
+    return timed(fn, DEVICE)
 
 
 def copy_bandwidth(gib: float = 2.0) -> float:
@@ -278,19 +272,19 @@ def main() -> None:
         print(f"{name}: {results['models'][name]}", flush=True)
         if args.json:
             args.json.write_text(json.dumps(results, indent=1))
-    print("| model | path | params | train tok/s | decode ms/token (method) | weight bytes/token "
-          "| BW fraction eager (copy / datasheet) |")
-    print("|---|---|---|---|---|---|---|")
+    rows = []
     for name, r in results["models"].items():
         if "train_tok_s" in r:
             decode = ", ".join(f"{ms:.2f} ({method})" if isinstance(ms, float) else f"{method}: {ms}"
                                for method, ms in r["decode_ms"].items())
-            bandwidth_cells = (f"{r['decode_weight_bytes'] / 2**20:.0f} MiB | {r['decode_bw_fraction']:.3f} / "
-                               f"{r['decode_bw_fraction_datasheet']:.3f}" if "decode_weight_bytes" in r else "- | -")
-            print(f"| {name} | {r['path']} | {r['params'] / 1e6:.1f} M | {r['train_tok_s']:,.0f} | {decode} | "
-                  f"{bandwidth_cells} |")
-        else:
-            print(f"| {name} | {r} |")
+            bandwidth_cells = ([f"{r['decode_weight_bytes'] / 2**20:.0f} MiB", f"{r['decode_bw_fraction']:.3f} / "
+                                f"{r['decode_bw_fraction_datasheet']:.3f}"] if "decode_weight_bytes" in r else ["-", "-"])
+            rows.append([name, r["path"], f"{r['params'] / 1e6:.1f} M", f"{r['train_tok_s']:,.0f}", decode,
+                         *bandwidth_cells])
+        else:  # skipped or failed: what happened, in the second cell
+            rows.append([name, r, "-", "-", "-", "-", "-"])
+    print(table(["model", "path", "params", "train tok/s", "decode ms/token (method)", "weight bytes/token",
+                 "BW fraction eager (copy / datasheet)"], rows))
 
 
 if __name__ == "__main__":
