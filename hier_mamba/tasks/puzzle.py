@@ -12,7 +12,7 @@ data config keys:
     sudoku only:        min_givens, max_givens, min_backtracks
     maze only:          size, loop_fraction, min_path_length
     demo_index          test example shown by demo() (default 0)
-    on_the_fly          {copies: N, reveal_prob: p}: the training split becomes an on-the-fly set of
+    on_the_fly          {copies: N, reveal_prob: p, seed: s}: the training split becomes an on-the-fly set of
                         N fresh augmentations per base puzzle (Sudoku: with partial reveals of probability p;
                         hier_mamba/data/augmented.py) instead of stored copies
     test_csv            evaluate on a file in the published CSV format instead of the generated test split
@@ -76,9 +76,10 @@ def _on_the_fly(task: str, train, options: dict, seed: int) -> Dataset:
     """The training split's base puzzles (symmetry 0 / unaugmented rows) as an on-the-fly augmented set."""
     base = np.flatnonzero(np.r_[True, train.base_ids[1:] != train.base_ids[:-1]])  # first row of each base puzzle
     inputs, labels = train.inputs[base].numpy(), train.labels[base].numpy()
+    options.setdefault("seed", seed)  # its own seed: a later stage draws new copies of the same puzzles
     if task == "sudoku":
-        return OnTheFlySudoku(inputs, labels, seed=seed, **options)
-    return OnTheFlyMaze(inputs, labels, seed=seed, **options)
+        return OnTheFlySudoku(inputs, labels, **options)
+    return OnTheFlyMaze(inputs, labels, **options)
 
 
 def collate(batch: list[dict]) -> dict:
