@@ -102,7 +102,7 @@ class HierMambaConfig(PreTrainedConfig):
         initial_states: str = "fixed",  # HRM's frozen seeded vectors; "zeros" for a warm start (convert.py)
         L_final_norm: bool = True,
         residual_in_fp32: bool = False,
-        tie_word_embeddings: bool = False,  # HRM's own head; tied measured worse (README, Configuration)
+        tie_word_embeddings: bool = False,  # HRM's own head; tied measured worse (docs/results.md, LM head)
         use_cache: bool = True,
         bidirectional: bool = False,
         grid_shape: tuple[int, int] | None = None,

@@ -3,8 +3,8 @@
 PyTorch's CPU build runs its intra-op parallel regions on OpenMP threads. By default (libgomp's
 ``OMP_WAIT_POLICY`` unset) a thread that reaches the end of a region *spins* while it waits for its
 peers. When another process holds one of the cores, one peer is descheduled and the others burn
-their time slices spinning: a training step of the README's model was measured 20x slower on 2 cores
-beside one other PyTorch job (docs/benchmarks.md, "A busy machine"). Two settings help:
+their time slices spinning: on 2 cores beside one other PyTorch job a training step can take ~19x its
+idle time (docs/benchmarks.md, "A busy machine"). Two settings help:
 
 1. ``OMP_WAIT_POLICY=PASSIVE``: waiting threads sleep. OpenMP reads it once, when torch loads it, so a
    script sets it *before* ``import torch`` (``os.environ.setdefault`` keeps a user's own choice).
@@ -12,7 +12,8 @@ beside one other PyTorch job (docs/benchmarks.md, "A busy machine"). Two setting
    may use minus the processes running on them now; ``fit_threads("auto")`` applies it with
    ``torch.set_num_threads`` (any time after import).
 
-The scripts in ``scripts/`` set the passive policy; ``--threads N`` or ``--threads auto`` set the count.
+The scripts in ``scripts/`` and ``benchmarks/`` set the passive policy; ``--threads N`` or ``--threads auto``
+set the count.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 torch's vectorized CPU ``exp`` takes a slow path for every input whose result underflows fp32's normal
 range (x < -87.3): ~90 ns per such element instead of ~2 (measured: 262k elements drawn from [-200, 0]
 take 5.7 ms, from [-87, 0] 0.42 ms; results in the subnormal range 15 ms). SSD's segment decays and
-Mamba1's exp(Delta A) reach such log-decays whenever Delta |A| is large, as training makes it (the bench
-model at init already spends 1.1 ms of its 1.6 ms per SSD decay there). A decay below exp(-87) = 1.6e-38
+Mamba1's exp(Delta A) reach such log-decays whenever Delta |A| is large, as it is already at
+initialization and in training. A decay below exp(-87) = 1.6e-38
 multiplies a state or score that the newer terms dwarf by over 30 orders of magnitude, so it is raised to
 that floor instead of being computed: the outputs change by at most 1.6e-38 times a state entry.
 """
