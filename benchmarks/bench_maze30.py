@@ -29,7 +29,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
 
 import torch
 
-from harness import header, measure_step, mib, run_worker, serve_worker, sync, table, timed_cpu  # first: puts
+from harness import header, measure_step, mib, peak_bytes, run_worker, serve_worker, table, timed_cpu  # first: puts
 from hier_mamba import HierMambaConfig, HierMambaModel  # the checkout on sys.path
 
 CYCLES = dict(H_cycles=2, L_cycles=2)
@@ -76,16 +76,7 @@ def worker(spec: dict) -> dict:
 
     infer()  # warm-up
     infer_s = [timed_cpu(infer, device) for _ in range(spec["reps"])]
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        infer()
-        sync(device)
-        infer_peak = torch.cuda.max_memory_allocated(device) - base
-    else:
-        from harness import profiled_peak_bytes
-
-        infer_peak = profiled_peak_bytes(infer)
+    infer_peak = peak_bytes(infer, device)
     return dict(params=sum(p.numel() for p in model.parameters()), fwd_s=min(w for w, _ in infer_s),
                 fwd_cpu_s=min(c for _, c in infer_s), fwd_peak=infer_peak, train_s=min(w for w, _ in train_s),
                 train_cpu_s=min(c for _, c in train_s), train_peak=trained["peak_bytes"],

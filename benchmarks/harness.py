@@ -143,16 +143,20 @@ def measure_step(model: torch.nn.Module, step: Callable[[], None], device: torch
     rss_growth = rss_bytes("VmHWM") - rss_before
     times = [timed(step, device) for _ in range(reps)]
     model.zero_grad(set_to_none=True)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        step()
-        sync(device)
-        peak = torch.cuda.max_memory_allocated(device) - base
-    else:
-        peak = profiled_peak_bytes(step)
-    return dict(peak_bytes=peak, saved_bytes=sum(saved.values()), rss_growth_bytes=rss_growth,
+    return dict(peak_bytes=peak_bytes(step, device), saved_bytes=sum(saved.values()), rss_growth_bytes=rss_growth,
                 step_s=min(times), step_s_all=times)
+
+
+def peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
+    """Peak bytes allocated above the baseline while ``fn()`` runs: CUDA's allocator counters on a GPU,
+    the profiler's allocation trace (:func:`profiled_peak_bytes`) on a CPU."""
+    if device.type != "cuda":
+        return profiled_peak_bytes(fn)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    fn()
+    sync(device)
+    return torch.cuda.max_memory_allocated(device) - base
 
 
 def serve_worker(worker: Callable[[dict], dict]) -> bool:
