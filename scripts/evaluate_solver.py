@@ -117,9 +117,9 @@ def main() -> None:
         by_rating = ", ".join(f"{k} {v['exact']:.1%} (n={v['n']})" for k, v in result["rating"].items())
         print(f"{text:45s} exact {result['exact']:.1%}  cell {result['cell']:.1%}  "
               f"segments {result['mean_segments']:.1f}  {seconds:.0f} s | {by_rating}", flush=True)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=1))
+        if args.out:  # after every setting: a long grid stopped early keeps what it measured
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":
