@@ -222,3 +222,20 @@ def test_on_the_fly_maze_draws_the_eight_symmetries():
     assert seen == set(range(8))
     again = OnTheFlyMaze(inputs, labels, copies=40, seed=0)
     assert np.array_equal(again[17]["labels"], data[17]["labels"])
+
+
+def test_the_puzzle_task_builds_an_on_the_fly_training_set_with_its_own_seed():
+    from hier_mamba.tasks import puzzle as task_puzzle
+
+    data = dict(task="sudoku", n_train=4, n_test=2, min_givens=40, max_givens=45)
+    _, test = task_puzzle.build_datasets(data, seed=0)
+    default, same_test = task_puzzle.build_datasets({**data, "on_the_fly": {"copies": 3}}, seed=0)
+    reseeded, _ = task_puzzle.build_datasets({**data, "on_the_fly": {"copies": 3, "seed": 7}}, seed=0)
+    assert torch_equal(test.inputs, same_test.inputs)  # the split does not move
+    assert len(default) == 12 and default.seed == 0 and reseeded.seed == 7
+    assert all(sudoku_mod.is_valid_solution(sudoku_mod.from_tokens(default[i]["labels"].numpy())) for i in range(12))
+    assert any(not torch_equal(default[i]["input_ids"], reseeded[i]["input_ids"]) for i in range(12))
+
+
+def torch_equal(a, b) -> bool:
+    return bool((a == b).all())
