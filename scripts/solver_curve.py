@@ -1,0 +1,123 @@
+"""Exact accuracy against test-time compute, segments x symmetric copies, from one run of the largest setting.
+
+    python scripts/solver_curve.py --model models/sudoku-hard-hiermamba --config configs/hard/sudoku_hard.yaml \
+        --limit 100 --segments 8 16 32 64 --copies 1 2 4 8 16 [--out curve.json]
+
+Every test puzzle and its ``max(--copies) - 1`` symmetric copies run ``max(--segments)`` segments once,
+keeping every segment's answer (``return_all_segments``), so each cell of the grid costs nothing extra:
+for c copies and s segments (c x s segments per puzzle) it reports exact accuracy when the Q-head picks
+among the first c copies at segment s (``solve(..., halt="fixed", copies=c, select="q")``), when their
+mapped-back probabilities are averaged (``select="vote"``), and the oracle (some copy is right: the
+headroom a better picker could reach, not a result). Puzzles are rated by technique as in
+evaluate_solver.py; ``more`` is the share of puzzles that need more than naked and hidden singles.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: idle threads sleep (hier_mamba/threads.py)
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoModelForTokenClassification
+
+import hier_mamba  # noqa: F401  (registers the Auto* classes)
+from evaluate_solver import test_puzzles
+from hier_mamba.data import sudoku
+from hier_mamba.data.sudoku_rating import rate
+from hier_mamba.solving import Symmetry, cell_probabilities, draw_symmetries
+from hier_mamba.threads import fit_threads, threads_argument
+
+
+@torch.no_grad()
+def copy_answers(model, inputs: torch.Tensor, symmetry: Symmetry, segments: list[int], batch_size: int):
+    """One symmetric copy of every puzzle through max(segments) segments.
+
+    Returns probabilities (len(segments), n, 81, vocab) mapped back to the original puzzle and the Q-head's
+    halt logits (len(segments), n) at each listed segment count.
+    """
+    probabilities, q_halt = [], []
+    for start in range(0, len(inputs), batch_size):
+        batch = symmetry.apply(inputs[start:start + batch_size])
+        output = model(input_ids=batch, num_segments=max(segments), return_all_segments=True)
+        at = torch.tensor(segments) - 1
+        logits = output.all_logits[at]  # (len(segments), b, 81, vocab)
+        probs = cell_probabilities(logits, model.config.loss_type)
+        probabilities.append(torch.stack([symmetry.invert_probabilities(p) for p in probs]))
+        q_halt.append(output.all_q_logits[at, :, 0])  # (len(segments), b)
+    return torch.cat(probabilities, 1), torch.cat(q_halt, 1)
+
+
+def exact(probabilities: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(..., n, 81, vocab) probabilities -> (..., n) bool: every cell right, givens kept as written."""
+    predictions = torch.where(inputs != sudoku.BLANK_TOKEN, inputs, probabilities.argmax(-1))
+    return (predictions == labels).all(-1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="a save_pretrained folder")
+    parser.add_argument("--config", type=Path, help="run config whose held-out split is the test set")
+    parser.add_argument("--csv", help="a Sudoku-Extreme-style CSV (source,question,answer,rating) instead")
+    parser.add_argument("--limit", type=int, help="first N test puzzles")
+    parser.add_argument("--segments", type=int, nargs="+", default=[8, 16, 32])
+    parser.add_argument("--copies", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--seed", type=int, default=0, help="draws the symmetries")
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--out", type=Path, help="write the grid as JSON here")
+    parser.add_argument("--threads", type=threads_argument, help="torch CPU threads: N, or auto")
+    args = parser.parse_args()
+    if not (args.config or args.csv):
+        raise SystemExit("give --config (its held-out split) or --csv")
+    if min(args.segments) < 1 or min(args.copies) < 1:
+        raise SystemExit(f"--segments and --copies must be positive, got {args.segments} and {args.copies}")
+    fit_threads(args.threads)
+    model = AutoModelForTokenClassification.from_pretrained(args.model).eval()
+    inputs, labels = test_puzzles(args)
+    more = torch.tensor([rate(sudoku.from_tokens(row.numpy())).level == "more" for row in inputs])
+    segments, copies = sorted(set(args.segments)), sorted(set(args.copies))
+
+    # 1. Run each copy once through the largest segment count; keep what the grid needs.
+    symmetries = draw_symmetries(model.config, max(copies), args.seed)
+    vote_sum = None
+    correct, q_halt, votes = [], [], {}
+    start = time.perf_counter()
+    for k, symmetry in enumerate(symmetries):
+        probabilities, q = copy_answers(model, inputs, symmetry, segments, args.batch_size)
+        correct.append(exact(probabilities, inputs, labels))  # (len(segments), n)
+        q_halt.append(q)
+        vote_sum = probabilities if vote_sum is None else vote_sum + probabilities
+        if k + 1 in copies:
+            votes[k + 1] = exact(vote_sum, inputs, labels)
+        print(f"copy {k + 1}/{len(symmetries)} done after {time.perf_counter() - start:.0f} s", flush=True)
+    correct, q_halt = torch.stack(correct), torch.stack(q_halt)  # (copies, len(segments), n) each
+
+    # 2. The grid: Q-head pick, vote and oracle for every (copies, segments).
+    rows = []
+    for c in copies:
+        best = q_halt[:c].argmax(0)  # (len(segments), n) the copy the Q-head is surest of
+        picked = correct[:c].gather(0, best[None])[0]
+        oracle = correct[:c].any(0)
+        for i, s in enumerate(segments):
+            row = {"copies": c, "segments": s, "compute": c * s}
+            for name, ok in (("q_pick", picked[i]), ("vote", votes[c][i]), ("oracle", oracle[i])):
+                row[name] = float(ok.float().mean())
+                row[f"{name}_more"] = float(ok[more].float().mean()) if more.any() else float("nan")
+            rows.append(row)
+            print(f"copies {c:3d} segments {s:4d} (compute {c * s:5d}): Q-pick {row['q_pick']:6.1%} "
+                  f"(more {row['q_pick_more']:6.1%})  vote {row['vote']:6.1%}  oracle {row['oracle']:6.1%}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"model": args.model, "test": str(args.csv or args.config),
+                                        "n": len(inputs), "n_more": int(more.sum()), "seed": args.seed,
+                                        "seconds": round(time.perf_counter() - start, 1), "grid": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
