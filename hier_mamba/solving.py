@@ -5,7 +5,9 @@ docs/results.md:
 
 1. **Segments.** Up to ``max_segments`` ACT segments (full H/L passes carrying the state). ``halt="fixed"``
    answers with the last segment (HRM's evaluation); ``halt="q"`` answers with the first segment whose
-   Q-head says halt (q_halt > q_continue; q_continue is 0 with ``no_act_continue``), else the last.
+   Q-head says halt (q_halt > q_continue; q_continue is 0 with ``no_act_continue``), else the last;
+   ``halt="best"`` runs every segment and answers with the one whose halt margin q_halt - q_continue is
+   highest (useful when the Q-head ranks states well but never crosses its threshold).
 2. **Symmetric copies** (``copies=n``). The puzzle and n - 1 random symmetric copies (Sudoku: digit
    relabelling, band/stack and line shuffles, transpose; square grids: the 8 rotations/reflections) are
    solved and their answers mapped back. ``select="vote"`` averages the mapped-back cell probabilities
@@ -32,7 +34,7 @@ import torch
 from .act import log_stablemax
 from .data import sudoku
 
-HALT_RULES = ("q", "fixed")
+HALT_RULES = ("q", "fixed", "best")
 SELECT_RULES = ("vote", "q")
 
 
@@ -123,14 +125,18 @@ def _one_pass(model, input_ids: torch.Tensor, max_segments: int, halt: str):
     output = model(input_ids=input_ids, num_segments=max_segments, return_all_segments=True)
     logits, q = output.all_logits, output.all_q_logits  # (s, b, l, vocab), (s, b, 2)
     run = logits.shape[0]
+    last = torch.full((input_ids.shape[0],), run - 1, dtype=torch.long, device=input_ids.device)
     if halt == "fixed":
-        chosen = torch.full((input_ids.shape[0],), run - 1, dtype=torch.long, device=input_ids.device)
+        chosen, spent = last, last + 1
+    elif halt == "best":
+        chosen, spent = (q[..., 0] - q[..., 1]).argmax(0), last + 1  # (b,) the surest segment; all were run
     else:
         wants = q[..., 0] > q[..., 1]  # (s, b)
         wants[-1] = True  # the last segment always answers
         chosen = wants.int().argmax(0)  # (b,) first segment that halts
+        spent = chosen + 1
     batch = torch.arange(input_ids.shape[0], device=input_ids.device)
-    return cell_probabilities(logits[chosen, batch], model.config.loss_type), q[chosen, batch, 0], chosen + 1
+    return cell_probabilities(logits[chosen, batch], model.config.loss_type), q[chosen, batch, 0], spent
 
 
 def cell_probabilities(logits: torch.Tensor, loss_type: str) -> torch.Tensor:
@@ -172,7 +178,8 @@ def solve(model, input_ids: torch.Tensor, max_segments: int | None = None, halt:
         model: a HierMambaForTokenClassification (its eval mode is set here and restored).
         input_ids: (b, l) puzzle tokens.
         max_segments: segments per pass (default ``config.halt_max_steps``).
-        halt: "q" (stop at the Q-head's halt) or "fixed" (always ``max_segments``).
+        halt: "q" (stop at the Q-head's halt), "fixed" (always ``max_segments``) or "best" (run
+            ``max_segments``, answer with the segment of the highest halt margin).
         copies: the puzzle plus ``copies - 1`` symmetric copies per pass; select: "vote" or "q".
         rounds: committed rounds (1: no committing); needs ``blank_token`` (Sudoku: 1).
         commit_threshold: the probability at which a blank is committed between rounds.

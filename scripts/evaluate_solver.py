@@ -5,7 +5,7 @@
 
 The test puzzles are the held-out split of the run config (never trained on, no symmetric copy of
 them in training), or a Sudoku-Extreme-style CSV with ``--csv``. Each ``--setting`` is a comma list
-of solve() keywords (hier_mamba/solving.py): segments (max_segments), halt (q | fixed), copies, select
+of solve() keywords (hier_mamba/solving.py): segments (max_segments), halt (q | fixed | best), copies, select
 (vote | q), rounds, threshold (commit_threshold). Sudoku puzzles are rated by technique (naked / hidden
 singles or more, hier_mamba/data/sudoku_rating.py) and reported by rating and givens bucket, with the
 mean segments run per puzzle (the compute) and the wall-clock seconds of the setting.

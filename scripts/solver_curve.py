@@ -6,7 +6,8 @@
 Every test puzzle and its ``max(--copies) - 1`` symmetric copies run ``max(--segments)`` segments once,
 keeping every segment's answer (``return_all_segments``), so each cell of the grid costs nothing extra:
 for c copies and s segments (c x s segments per puzzle) it reports exact accuracy when the Q-head picks
-among the first c copies at segment s (``solve(..., halt="fixed", copies=c, select="q")``), when their
+among the first c copies at segment s (``solve(..., halt="fixed", copies=c, select="q")``), when it picks
+the (copy, segment) answer with the highest halt logit among all c x s (``q_best_segment``), when their
 mapped-back probabilities are averaged (``select="vote"``), and the oracle (some copy is right: the
 headroom a better picker could reach, not a result). Puzzles are rated by technique as in
 evaluate_solver.py; ``more`` is the share of puzzles that need more than naked and hidden singles.
@@ -36,22 +37,23 @@ from hier_mamba.threads import fit_threads, threads_argument
 
 
 @torch.no_grad()
-def copy_answers(model, inputs: torch.Tensor, symmetry: Symmetry, segments: list[int], batch_size: int):
+def copy_answers(model, inputs: torch.Tensor, labels: torch.Tensor, symmetry: Symmetry, segments: list[int],
+                 batch_size: int):
     """One symmetric copy of every puzzle through max(segments) segments.
 
-    Returns probabilities (len(segments), n, 81, vocab) mapped back to the original puzzle and the Q-head's
-    halt logits (len(segments), n) at each listed segment count.
+    Returns probabilities (len(segments), n, 81, vocab) mapped back to the original puzzle at each listed
+    segment count, and every segment's exact flag and Q-head halt logit, (max(segments), n) each.
     """
-    probabilities, q_halt = [], []
+    probabilities, correct, q_halt = [], [], []
     for start in range(0, len(inputs), batch_size):
         batch = symmetry.apply(inputs[start:start + batch_size])
         output = model(input_ids=batch, num_segments=max(segments), return_all_segments=True)
-        at = torch.tensor(segments) - 1
-        logits = output.all_logits[at]  # (len(segments), b, 81, vocab)
-        probs = cell_probabilities(logits, model.config.loss_type)
-        probabilities.append(torch.stack([symmetry.invert_probabilities(p) for p in probs]))
-        q_halt.append(output.all_q_logits[at, :, 0])  # (len(segments), b)
-    return torch.cat(probabilities, 1), torch.cat(q_halt, 1)
+        probs = cell_probabilities(output.all_logits, model.config.loss_type)  # (s, b, 81, vocab)
+        probs = torch.stack([symmetry.invert_probabilities(p) for p in probs])
+        correct.append(exact(probs, inputs[start:start + batch_size], labels[start:start + batch_size]))
+        probabilities.append(probs[torch.tensor(segments) - 1])  # (len(segments), b, 81, vocab)
+        q_halt.append(output.all_q_logits[..., 0])  # (s, b)
+    return torch.cat(probabilities, 1), torch.cat(correct, 1), torch.cat(q_halt, 1)
 
 
 def exact(probabilities: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -89,29 +91,32 @@ def main() -> None:
     correct, q_halt, votes = [], [], {}
     start = time.perf_counter()
     for k, symmetry in enumerate(symmetries):
-        probabilities, q = copy_answers(model, inputs, symmetry, segments, args.batch_size)
-        correct.append(exact(probabilities, inputs, labels))  # (len(segments), n)
+        probabilities, ok, q = copy_answers(model, inputs, labels, symmetry, segments, args.batch_size)
+        correct.append(ok)
         q_halt.append(q)
         vote_sum = probabilities if vote_sum is None else vote_sum + probabilities
         if k + 1 in copies:
             votes[k + 1] = exact(vote_sum, inputs, labels)
         print(f"copy {k + 1}/{len(symmetries)} done after {time.perf_counter() - start:.0f} s", flush=True)
-    correct, q_halt = torch.stack(correct), torch.stack(q_halt)  # (copies, len(segments), n) each
+    correct, q_halt = torch.stack(correct), torch.stack(q_halt)  # (copies, max segments, n) each
 
-    # 2. The grid: Q-head pick, vote and oracle for every (copies, segments).
+    # 2. The grid: Q-head pick (at the last segment, or over all segments), vote and oracle per (copies, segments).
     rows = []
     for c in copies:
-        best = q_halt[:c].argmax(0)  # (len(segments), n) the copy the Q-head is surest of
-        picked = correct[:c].gather(0, best[None])[0]
-        oracle = correct[:c].any(0)
         for i, s in enumerate(segments):
+            last = q_halt[:c, s - 1].argmax(0)  # (n,) the copy the Q-head is surest of at segment s
+            picked = correct[:c, s - 1].gather(0, last[None])[0]
+            flat_q = q_halt[:c, :s].flatten(0, 1)  # (c * s, n): every (copy, segment) answer so far
+            any_segment = correct[:c, :s].flatten(0, 1).gather(0, flat_q.argmax(0)[None])[0]
+            oracle = correct[:c, s - 1].any(0)
             row = {"copies": c, "segments": s, "compute": c * s}
-            for name, ok in (("q_pick", picked[i]), ("vote", votes[c][i]), ("oracle", oracle[i])):
+            for name, ok in (("q_pick", picked), ("q_best_segment", any_segment), ("vote", votes[c][i]),
+                             ("oracle", oracle)):
                 row[name] = float(ok.float().mean())
                 row[f"{name}_more"] = float(ok[more].float().mean()) if more.any() else float("nan")
             rows.append(row)
             print(f"copies {c:3d} segments {s:4d} (compute {c * s:5d}): Q-pick {row['q_pick']:6.1%} "
-                  f"(more {row['q_pick_more']:6.1%})  vote {row['vote']:6.1%}  oracle {row['oracle']:6.1%}")
+                  f"(more {row['q_pick_more']:6.1%})  best segment {row['q_best_segment']:6.1%}  vote {row['vote']:6.1%}  oracle {row['oracle']:6.1%}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"model": args.model, "test": str(args.csv or args.config),

@@ -78,6 +78,27 @@ def test_fixed_halting_answers_with_the_last_segment_and_q_halting_with_the_firs
     assert not torch.equal(q.predictions, fixed.predictions)
 
 
+def test_best_halting_runs_every_segment_and_answers_with_the_highest_halt_margin():
+    model = sudoku_model()
+    inputs, _ = puzzles(3)
+    original_forward = model.forward
+    q_halt = torch.tensor([[-1.0, 0.0, -9.0], [3.0, -1.0, -8.0], [0.5, 2.0, -7.0], [-2.0, 1.0, -9.0]])  # (segments, b)
+    q_continue = torch.tensor([[0.0, 0.0, -9.5], [0.0, 0.0, -6.0], [0.0, 0.0, -5.0], [0.0, 0.0, -6.0]])
+
+    def scripted_q(input_ids, num_segments=None, return_all_segments=False, **kwargs):
+        out = original_forward(input_ids=input_ids, num_segments=num_segments, return_all_segments=True)
+        out.all_q_logits = torch.stack([q_halt, q_continue], -1)  # (segments, b, 2)
+        return out
+
+    model.forward = scripted_q
+    out = model(input_ids=inputs, num_segments=4, return_all_segments=True)
+    best = solve(model, inputs, max_segments=4, halt="best")
+    assert best.segments.tolist() == [4, 4, 4]  # every segment is run to find the surest one
+    for i, segment in enumerate([1, 2, 0]):  # puzzle 2: the margin, not the halt logit (highest at segment 2)
+        assert torch.equal(best.predictions[i], out.all_logits[segment, i].argmax(-1))
+    assert best.q_halt.tolist() == [3.0, 2.0, -9.0]
+
+
 def test_copies_are_mapped_back_so_an_equivariant_answer_survives_voting():
     model = sudoku_model()
     inputs, labels = puzzles(2)
