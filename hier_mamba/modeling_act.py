@@ -140,8 +140,9 @@ class HierMambaForTokenClassification(HierMambaPreTrainedModel):
 
     def solve(self, input_ids: torch.Tensor, max_segments: int | None = None, halt: str = "q", **options) -> SolveOutput:
         """Answer puzzles (b, l) with test-time compute: up to ``max_segments`` segments, halting by the Q-head
-        (``halt="q"``), not (``"fixed"``), or at the segment it is surest of (``"best"``); ``options`` (copies, select, rounds, commit_threshold, blank_token,
-        seed) as :func:`hier_mamba.solving.solve`. Returns its SolveOutput (predictions (b, l), segments run, ...)."""
+        (``halt="q"``), not (``"fixed"``), or at the segment it is surest of (``"best"``); ``options`` (copies,
+        select, rounds, commit_threshold, blank_token, seed) as :func:`hier_mamba.solving.solve`.
+        Returns its SolveOutput (predictions (b, l), segments run, ...)."""
         return solve_puzzles(self, input_ids, max_segments=max_segments, halt=halt, **options)
 
     def _init_weights(self, module: nn.Module) -> None:

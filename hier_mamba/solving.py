@@ -12,7 +12,9 @@ docs/results.md:
    relabelling, band/stack and line shuffles, transpose; square grids: the 8 rotations/reflections) are
    solved and their answers mapped back. ``select="vote"`` averages the mapped-back cell probabilities
    (augmentation voting); ``select="q"`` keeps, per puzzle, the copy whose Q-head is most sure it solved
-   it (several differently-perturbed runs picked by the Q-head).
+   it (several differently-perturbed runs picked by the Q-head); ``select="plurality"`` keeps the whole-grid
+   answer that most copies agree on exactly (self-consistency: a right answer recurs, wrong ones scatter),
+   ties broken by the Q-head.
 3. **Committed rounds** (``rounds=r``, Sudoku-style tasks with a blank token). After a round, every blank
    whose predicted probability is at least ``commit_threshold`` is written into the input as if given
    (at least the most confident blank of each unfinished puzzle), and the next round starts from the new
@@ -35,7 +37,7 @@ from .act import log_stablemax
 from .data import sudoku
 
 HALT_RULES = ("q", "fixed", "best")
-SELECT_RULES = ("vote", "q")
+SELECT_RULES = ("vote", "q", "plurality")
 
 
 class Symmetry(NamedTuple):
@@ -163,9 +165,18 @@ def _with_copies(model, input_ids, symmetries: list[Symmetry], max_segments: int
     segments = torch.stack([r[2] for r in results]).sum(0)  # (b,)
     if select == "vote":
         return probabilities.mean(0), q_halt.mean(0), segments
-    best = q_halt.argmax(0)  # (b,)
+    best = q_halt.argmax(0) if select == "q" else plurality_pick(probabilities.argmax(-1), q_halt)  # (b,)
     batch = torch.arange(input_ids.shape[0], device=device)
     return probabilities[best, batch], q_halt[best, batch], segments
+
+
+def plurality_pick(answers: torch.Tensor, q_halt: torch.Tensor) -> torch.Tensor:
+    """The copy whose whole answer most copies share exactly; among those, the highest Q-halt logit.
+
+    answers: (copies, b, l) tokens; q_halt: (copies, b). Returns (b,) copy indices.
+    """
+    agree = (answers[:, None] == answers[None]).all(-1).sum(1)  # (copies, b): copies with the same answer
+    return q_halt.masked_fill(agree < agree.max(0).values, float("-inf")).argmax(0)
 
 
 @torch.no_grad()
@@ -180,7 +191,7 @@ def solve(model, input_ids: torch.Tensor, max_segments: int | None = None, halt:
         max_segments: segments per pass (default ``config.halt_max_steps``).
         halt: "q" (stop at the Q-head's halt), "fixed" (always ``max_segments``) or "best" (run
             ``max_segments``, answer with the segment of the highest halt margin).
-        copies: the puzzle plus ``copies - 1`` symmetric copies per pass; select: "vote" or "q".
+        copies: the puzzle plus ``copies - 1`` symmetric copies per pass; select: "vote", "q" or "plurality".
         rounds: committed rounds (1: no committing); needs ``blank_token`` (Sudoku: 1).
         commit_threshold: the probability at which a blank is committed between rounds.
         seed: draws the symmetries.

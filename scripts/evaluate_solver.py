@@ -6,7 +6,7 @@
 The test puzzles are the held-out split of the run config (never trained on, no symmetric copy of
 them in training), or a Sudoku-Extreme-style CSV with ``--csv``. Each ``--setting`` is a comma list
 of solve() keywords (hier_mamba/solving.py): segments (max_segments), halt (q | fixed | best), copies, select
-(vote | q), rounds, threshold (commit_threshold). Sudoku puzzles are rated by technique (naked / hidden
+(vote | q | plurality), rounds, threshold (commit_threshold). Sudoku puzzles are rated by technique (naked / hidden
 singles or more, hier_mamba/data/sudoku_rating.py) and reported by rating and givens bucket, with the
 mean segments run per puzzle (the compute) and the wall-clock seconds of the setting.
 """
@@ -57,7 +57,7 @@ def givens_bucket(givens: int) -> str:
 
 
 def test_puzzles(args) -> tuple[torch.Tensor, torch.Tensor]:
-    """(n, 81) inputs and labels of the config's held-out split (or the CSV), first ``--limit``."""
+    """(n, 81) inputs and labels of the config's held-out split (or the CSV): ``--limit`` of them from ``--offset``."""
     if args.csv:
         from hier_mamba.data.formats import load_sudoku_csv  # the published Sudoku-Extreme CSV layout
 
@@ -66,8 +66,9 @@ def test_puzzles(args) -> tuple[torch.Tensor, torch.Tensor]:
         config = load_run_config(args.config)
         data_cfg = {key: value for key, value in config["data"].items() if key != "on_the_fly"}
         _, test = task_puzzle.build_datasets(data_cfg, int(config.get("seed", 0)))
-    n = len(test) if args.limit is None else min(args.limit, len(test))
-    return test.inputs[:n], test.labels[:n]
+    offset = getattr(args, "offset", 0)
+    end = len(test) if args.limit is None else min(offset + args.limit, len(test))
+    return test.inputs[offset:end], test.labels[offset:end]
 
 
 def report(predictions, labels, segments, groups: dict[str, list[str]]) -> dict:

@@ -8,7 +8,15 @@ import torch
 
 from hier_mamba import HierMambaConfig, HierMambaForTokenClassification
 from hier_mamba.data import maze, sudoku
-from hier_mamba.solving import _commit, cell_probabilities, dihedral_symmetry, draw_symmetries, solve, sudoku_symmetry
+from hier_mamba.solving import (
+    _commit,
+    cell_probabilities,
+    dihedral_symmetry,
+    draw_symmetries,
+    plurality_pick,
+    solve,
+    sudoku_symmetry,
+)
 
 
 def sudoku_model(seed=0, **overrides) -> HierMambaForTokenClassification:
@@ -126,6 +134,30 @@ def test_voting_over_copies_changes_answers_of_a_model_that_is_not_equivariant()
     voted = solve(model, inputs, max_segments=2, halt="fixed", copies=4)
     assert not torch.equal(one.probabilities, voted.probabilities)
     assert torch.allclose(voted.probabilities.sum(-1), torch.ones(3, 81))
+
+
+def test_plurality_keeps_the_answer_most_copies_share_and_breaks_ties_by_the_q_head():
+    answers = torch.tensor([[[1, 2, 3], [5, 5, 5]],
+                            [[4, 2, 3], [6, 5, 5]],
+                            [[1, 9, 3], [7, 5, 5]],
+                            [[4, 2, 3], [8, 5, 5]]])  # (copies, b, l): puzzle 0: copies 1 and 3 agree
+    q_halt = torch.tensor([[9.0, 0.0], [1.0, 3.0], [0.0, 1.0], [2.0, 2.0]])  # (copies, b)
+    assert plurality_pick(answers, q_halt).tolist() == [3, 1]  # puzzle 1: no two agree, the Q-head decides
+
+
+def test_plurality_over_copies_answers_with_a_copy_whose_answer_is_most_shared():
+    model = sudoku_model()
+    inputs, _ = puzzles(2)
+    out = solve(model, inputs, max_segments=2, copies=5, select="plurality", seed=1)
+    assert out.segments.tolist() == [10, 10]
+    symmetries = draw_symmetries(model.config, 5, seed=1)
+    per_copy = torch.stack([s.invert_probabilities(solve(model, s.apply(inputs), max_segments=2).probabilities)
+                            for s in symmetries])  # (copies, b, 81, vocab)
+    answers = per_copy.argmax(-1)  # (copies, b, 81)
+    shared = (answers[:, None] == answers[None]).all(-1).sum(1)  # (copies, b)
+    for i in range(2):
+        chosen = [k for k in range(5) if torch.allclose(per_copy[k, i], out.probabilities[i])]
+        assert chosen and shared[chosen[0], i] == shared[:, i].max()
 
 
 def test_commit_fills_only_blanks_and_at_least_the_most_confident_one():
