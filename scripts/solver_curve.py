@@ -81,6 +81,7 @@ def main() -> None:
     if args.merge:
         result = merge(args.merge)
         print_grid(result)
+        print(markdown_table(result))
         if args.out:
             args.out.write_text(json.dumps(result, indent=1))
         return
@@ -146,6 +147,18 @@ def print_grid(result: dict) -> None:
               f"oracle {row['oracle']:6.1%}")
 
 
+def markdown_table(result: dict, keys: tuple[str, ...] = ("q_pick", "oracle")) -> str:
+    """Copies (rows) x segments (columns), each cell the ``keys`` in % joined by " / " (for docs/)."""
+    rows = result["grid"]
+    segments = sorted({row["segments"] for row in rows})
+    lines = ["| copies \\ segments | " + " | ".join(map(str, segments)) + " |", "| --- |" + " --- |" * len(segments)]
+    for copies in sorted({row["copies"] for row in rows}):
+        by_segments = {row["segments"]: row for row in rows if row["copies"] == copies}
+        cells = [" / ".join(f"{100 * by_segments[s][key]:.0f}" for key in keys) for s in segments]
+        lines.append(f"| {copies} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def merge(paths: list[Path]) -> dict:
     """Grids of disjoint puzzle slices (``--offset``/``--limit``, same model and settings) -> one grid over all."""
     parts = [json.loads(path.read_text()) for path in paths]
@@ -161,8 +174,8 @@ def merge(paths: list[Path]) -> dict:
             weights = [p["n_more"] if key.endswith("_more") else p["n"] for p in parts]
             row[key] = sum(w * cell[key] for w, cell in zip(weights, cells)) / max(sum(weights), 1)
         rows.append(row)
-    return {**parts[0], "offset": [p["offset"] for p in parts], "n": n, "n_more": n_more,
-            "seconds": [p["seconds"] for p in parts], "grid": rows}
+    return {**parts[0], "offset": [p.get("offset", 0) for p in parts], "n": n, "n_more": n_more,
+            "seconds": [p.get("seconds") for p in parts], "grid": rows}
 
 
 if __name__ == "__main__":
