@@ -7,7 +7,7 @@ Every test puzzle and its ``max(--copies) - 1`` symmetric copies run ``max(--seg
 keeping every segment's answer (``return_all_segments``), so each cell of the grid costs nothing extra:
 for c copies and s segments (c x s segments per puzzle) it reports exact accuracy when the Q-head picks
 among the first c copies at segment s (``solve(..., halt="fixed", copies=c, select="q")``), when it picks
-the (copy, segment) answer with the highest halt logit among all c x s (``q_best_segment``), when it keeps
+the (copy, segment) answer with the highest halt margin among all c x s (``q_best_segment``), when it keeps
 the whole answer most copies agree on (``select="plurality"``), when their
 mapped-back probabilities are averaged (``select="vote"``), and the oracle (some copy is right: the
 headroom a better picker could reach, not a result). Puzzles are rated by technique as in
@@ -43,9 +43,10 @@ def copy_answers(model, inputs: torch.Tensor, labels: torch.Tensor, symmetry: Sy
     """One symmetric copy of every puzzle through max(segments) segments.
 
     Returns probabilities (len(segments), n, 81, vocab) mapped back to the original puzzle at each listed
-    segment count, and every segment's exact flag and Q-head halt logit, (max(segments), n) each.
+    segment count, and every segment's exact flag, Q-head halt logit and halt margin q_halt - q_continue
+    (what ``halt="best"`` ranks), (max(segments), n) each.
     """
-    probabilities, correct, q_halt = [], [], []
+    probabilities, correct, q_halt, margin = [], [], [], []
     for start in range(0, len(inputs), batch_size):
         batch = symmetry.apply(inputs[start:start + batch_size])
         output = model(input_ids=batch, num_segments=max(segments), return_all_segments=True)
@@ -54,7 +55,8 @@ def copy_answers(model, inputs: torch.Tensor, labels: torch.Tensor, symmetry: Sy
         correct.append(exact(probs, inputs[start:start + batch_size], labels[start:start + batch_size]))
         probabilities.append(probs[torch.tensor(segments) - 1])  # (len(segments), b, 81, vocab)
         q_halt.append(output.all_q_logits[..., 0])  # (s, b)
-    return torch.cat(probabilities, 1), torch.cat(correct, 1), torch.cat(q_halt, 1)
+        margin.append(output.all_q_logits[..., 0] - output.all_q_logits[..., 1])  # (s, b)
+    return torch.cat(probabilities, 1), torch.cat(correct, 1), torch.cat(q_halt, 1), torch.cat(margin, 1)
 
 
 def exact(probabilities: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -98,18 +100,19 @@ def main() -> None:
     # 1. Run each copy once through the largest segment count; keep what the grid needs.
     symmetries = draw_symmetries(model.config, max(copies), args.seed)
     vote_sum = None
-    correct, q_halt, answers, votes = [], [], [], {}
+    correct, q_halt, margin, answers, votes = [], [], [], [], {}
     start = time.perf_counter()
     for k, symmetry in enumerate(symmetries):
-        probabilities, ok, q = copy_answers(model, inputs, labels, symmetry, segments, args.batch_size)
+        probabilities, ok, q, q_margin = copy_answers(model, inputs, labels, symmetry, segments, args.batch_size)
         correct.append(ok)
         q_halt.append(q)
+        margin.append(q_margin)
         answers.append(probabilities.argmax(-1))  # (len(segments), n, 81)
         vote_sum = probabilities if vote_sum is None else vote_sum + probabilities
         if k + 1 in copies:
             votes[k + 1] = exact(vote_sum, inputs, labels)
         print(f"copy {k + 1}/{len(symmetries)} done after {time.perf_counter() - start:.0f} s", flush=True)
-    correct, q_halt = torch.stack(correct), torch.stack(q_halt)  # (copies, max segments, n) each
+    correct, q_halt, margin = torch.stack(correct), torch.stack(q_halt), torch.stack(margin)  # (copies, segs, n)
     answers = torch.stack(answers)  # (copies, len(segments), n, 81)
 
     # 2. The grid: Q-head pick (at the last segment, or over all segments), vote and oracle per (copies, segments).
@@ -118,8 +121,8 @@ def main() -> None:
         for i, s in enumerate(segments):
             last = q_halt[:c, s - 1].argmax(0)  # (n,) the copy the Q-head is surest of at segment s
             picked = correct[:c, s - 1].gather(0, last[None])[0]
-            flat_q = q_halt[:c, :s].flatten(0, 1)  # (c * s, n): every (copy, segment) answer so far
-            any_segment = correct[:c, :s].flatten(0, 1).gather(0, flat_q.argmax(0)[None])[0]
+            flat_margin = margin[:c, :s].flatten(0, 1)  # (c * s, n): every (copy, segment) answer so far
+            any_segment = correct[:c, :s].flatten(0, 1).gather(0, flat_margin.argmax(0)[None])[0]
             agreed = correct[:c, s - 1].gather(0, plurality_pick(answers[:c, i], q_halt[:c, s - 1])[None])[0]
             oracle = correct[:c, s - 1].any(0)
             row = {"copies": c, "segments": s, "compute": c * s}
