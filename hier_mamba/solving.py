@@ -242,12 +242,16 @@ def solve(model, input_ids: torch.Tensor, max_segments: int | None = None, halt:
             if rounds > 1:
                 grid = _commit(grid, probabilities, blank_token, commit_threshold)
         # 3. The answer: givens and committed cells as written, the model's argmax in the other blanks.
-        predictions = probabilities.argmax(-1)
-        if blank_token is not None:
-            predictions = torch.where(grid != blank_token, grid, predictions)
+        predictions = probabilities.argmax(-1) if blank_token is None else fill_blanks(grid, probabilities, blank_token)
         return SolveOutput(predictions, probabilities, q_halt, segments, used_rounds)
     finally:
         model.train(was_training)
+
+
+def fill_blanks(grid: torch.Tensor, probabilities: torch.Tensor, blank_token: int) -> torch.Tensor:
+    """The answer grid: written cells of ``grid`` (b, l) as they are, the argmax of ``probabilities``
+    (..., b, l, vocab) in its blanks. Returns (..., b, l) tokens."""
+    return torch.where(grid != blank_token, grid, probabilities.argmax(-1))
 
 
 def _commit(grid: torch.Tensor, probabilities: torch.Tensor, blank_token: int, threshold: float) -> torch.Tensor:

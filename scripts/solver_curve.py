@@ -33,7 +33,7 @@ import hier_mamba  # noqa: F401  (registers the Auto* classes)
 from evaluate_solver import test_puzzles
 from hier_mamba.data import sudoku
 from hier_mamba.data.sudoku_rating import rate
-from hier_mamba.solving import Symmetry, cell_probabilities, draw_symmetries, plurality_pick
+from hier_mamba.solving import Symmetry, cell_probabilities, draw_symmetries, fill_blanks, plurality_pick
 from hier_mamba.threads import fit_threads, threads_argument
 
 
@@ -61,8 +61,7 @@ def copy_answers(model, inputs: torch.Tensor, labels: torch.Tensor, symmetry: Sy
 
 def exact(probabilities: torch.Tensor, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """(..., n, 81, vocab) probabilities -> (..., n) bool: every cell right, givens kept as written."""
-    predictions = torch.where(inputs != sudoku.BLANK_TOKEN, inputs, probabilities.argmax(-1))
-    return (predictions == labels).all(-1)
+    return (fill_blanks(inputs, probabilities, sudoku.BLANK_TOKEN) == labels).all(-1)
 
 
 def main() -> None:
